@@ -1,0 +1,49 @@
+"""Datasets and preprocessing; see :mod:`autoside.data.sources` for what is available offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoside.data.sources import Images, list_datasets, register_dataset
+from autoside.data.splits import Split, Task, vtab_split
+from autoside.data.transforms import Preprocess
+from autoside.errors import ConfigError
+
+__all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datasets", "load_task", "register_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data a trial uses and how it is split (VTAB-1k default: 800 train + 200 val)."""
+
+    name: str = "animal_mnist"
+    root: str | None = None
+    download: bool = False
+    train_size: int = 800
+    val_size: int = 200
+    test_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        base = self.name.split("/", 1)[0]
+        if base not in list_datasets():
+            raise ConfigError(f"dataset.name: unknown dataset {self.name!r} (allowed: {', '.join(list_datasets())})")
+        if base == "torchvision" and "/" not in self.name:
+            raise ConfigError("dataset.name: write torchvision/<DatasetClass>, e.g. torchvision/CIFAR10")
+        for field in ("train_size", "val_size"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"dataset.{field}: must be at least 1, got {getattr(self, field)}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ConfigError(f"dataset.test_size: must be at least 1 or null (all), got {self.test_size}")
+
+
+def load_task(cfg: DatasetConfig) -> Task:
+    """Read the dataset and cut its seeded splits."""
+    base, _, sub = cfg.name.partition("/")
+    loader = list_datasets()[base].loader
+    if base == "torchvision":
+        data = loader(root=cfg.root, dataset=sub, download=cfg.download)
+    else:
+        data = loader(root=cfg.root)
+    return vtab_split(data, name=cfg.name, train_size=cfg.train_size, val_size=cfg.val_size,
+                      test_size=cfg.test_size, seed=cfg.seed)

@@ -1,0 +1,67 @@
+"""VTAB-1k-style splits: a fixed, seeded number of training and validation examples, the rest (or a capped,
+seeded sample of it, or the dataset's official test split) for testing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from autoside.data.sources import Images
+from autoside.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset cut into train/val/test, ready for a trial."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def vtab_split(
+    data: Images, *, name: str, train_size: int, val_size: int, test_size: int | None, seed: int
+) -> Task:
+    """The same seed always gives the same examples in the same order."""
+    n = len(data.labels)
+    pool = n if data.official_test is not None else n - 1
+    if train_size + val_size > pool:
+        raise ConfigError(
+            f"dataset.train_size + dataset.val_size = {train_size + val_size} but {name} has only {n} examples "
+            f"(allowed: at most {pool}{'' if data.official_test is not None else ', leaving some for test'})"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    train_idx, val_idx = order[:train_size], order[train_size : train_size + val_size]
+    if data.official_test is not None:
+        test_images, test_labels = data.official_test.images, data.official_test.labels
+        test_idx = torch.randperm(len(test_labels), generator=gen)
+    else:
+        test_images, test_labels = data.images, data.labels
+        test_idx = order[train_size + val_size :]
+    if test_size is not None:
+        test_idx = test_idx[:test_size]
+    classes = data.classes or tuple(str(i) for i in range(int(data.labels.max()) + 1))
+    return Task(
+        name=name,
+        classes=classes,
+        train=Split(data.images[train_idx], data.labels[train_idx]),
+        val=Split(data.images[val_idx], data.labels[val_idx]),
+        test=Split(test_images[test_idx], test_labels[test_idx]),
+    )

@@ -1,0 +1,75 @@
+"""What every side network is: a config dataclass and an ``nn.Module`` around a (usually frozen) backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from autoside.backbones import Backbone, BackboneSpec
+from autoside.config import from_dict, to_dict
+from autoside.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SideConfig:
+    """Base of every family's config; ``family`` is the discriminator saved with it."""
+
+    family: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "version": CONFIG_VERSION, **to_dict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, field: str = "sidenet") -> SideConfig:
+        data = {k: v for k, v in data.items() if k not in ("family", "version")}
+        return from_dict(cls, data, field=field)
+
+    def replace(self, **changes: Any) -> SideConfig:
+        return dataclasses.replace(self, **changes)
+
+    def check_backbone(self, spec: BackboneSpec) -> None:
+        """Reject configs that cannot work on this backbone (rank > width, block index out of range, ...)."""
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raise a ConfigError naming ``sidenet.<field>`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"sidenet.{field}: {message}")
+
+
+class SideNet(nn.Module):
+    """A side network and the backbone it sits beside; ``forward`` maps images to logits.
+
+    Subclasses set ``writes_back`` when they change the backbone's forward pass (DTL, CST): those need gradients
+    through later frozen blocks and cannot use cached backbone features.
+    """
+
+    config_class: ClassVar[type[SideConfig]] = SideConfig
+    writes_back: ClassVar[bool] = False
+
+    def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        config.check_backbone(backbone.spec)
+        self.config = config
+        self.backbone = backbone
+        self.num_classes = num_classes
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def side_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights to export: everything but the frozen backbone (all of it when the backbone trains)."""
+        state = self.state_dict()
+        if self.backbone.frozen:
+            state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        return state
+
+    def num_trainable(self, *, include_head: bool = True) -> int:
+        head = {id(p) for p in self.head.parameters()} if hasattr(self, "head") and not include_head else set()
+        return sum(p.numel() for p in self.side_parameters() if id(p) not in head)

@@ -1,0 +1,58 @@
+"""Baselines every family is compared with: a linear probe and full fine-tuning.
+
+``full`` is the reference of every memory ratio in autoside (``benchmarks/memory_vs_full.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+from autoside.backbones import Backbone
+from autoside.sidenets import register_family
+from autoside.sidenets.base import SideConfig, SideNet
+
+
+@dataclass(frozen=True)
+class LinearConfig(SideConfig):
+    family = "linear"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class FullConfig(SideConfig):
+    family = "full"
+
+
+@register_family
+class LinearProbe(SideNet):
+    """A trainable linear classifier on the frozen backbone's pooled features; the backbone runs without autograd."""
+
+    config_class = LinearConfig
+
+    def __init__(self, config: LinearConfig, backbone: Backbone, num_classes: int) -> None:
+        super().__init__(config, backbone, num_classes)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(backbone.spec.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.head(self.drop(features))
+
+
+@register_family
+class FullFineTune(SideNet):
+    """Every backbone weight trains: the memory reference for side tuning."""
+
+    config_class = FullConfig
+    writes_back = True
+
+    def __init__(self, config: FullConfig, backbone: Backbone, num_classes: int) -> None:
+        super().__init__(config, backbone, num_classes)
+        backbone.unfreeze()
+        self.head = nn.Linear(backbone.spec.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,233 @@
+"""One trial: train a side network on a recipe and measure what it cost.
+
+The whole loop is in :func:`train_model` so it can be read top to bottom; :func:`run_trial` builds what it needs
+from a recipe. The schedule is a pure function of the step. Weight decay applies to matrices only (not to biases,
+norms or 1-d gates). The memory meter wraps the entire training loop, so its peak covers every step.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from autoside.data import Preprocess, Split, Task, load_task
+from autoside.memory import MemoryMeter
+from autoside.recipe import Recipe
+from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything a trial reports: accuracy, measured memory and cost, and where it was measured."""
+
+    val_accuracy: float
+    test_accuracy: float
+    peak_memory_bytes: int
+    memory_source: str
+    tracked_peak_bytes: int
+    saved_activation_bytes: int
+    trainable_params: int
+    train_images_per_s: float
+    wall_time_s: float
+    epochs: int
+    batch_size: int
+    image_size: int
+    device: str
+    torch_version: str
+    family: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lr_at(step: int, *, total: int, warmup: int, base_lr: float, min_ratio: float) -> float:
+    """Linear warmup then cosine decay to ``min_ratio * base_lr``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def evaluate(model: SideNet, split: Split, preprocess: Preprocess, *, batch_size: int, device: torch.device,
+             amp: bool = False) -> float:
+    """Top-1 accuracy with the model in eval mode (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        x = preprocess(split.images[start : start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        correct += (logits.argmax(-1).cpu() == split.labels[start : start + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / max(1, len(split))
+
+
+Reporter = Callable[[int, dict[str, float]], None]
+
+
+def train_model(
+    model: SideNet,
+    task: Task,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    report: Reporter | None = None,
+    progress: bool = False,
+    meter: MemoryMeter | None = None,
+) -> TrialResult:
+    """Train ``model`` on ``task.train`` under ``recipe``; ``report(epoch, metrics)`` is called after each epoch
+    (a search uses it for early stopping and tracking, and may raise to stop the trial)."""
+    torch.manual_seed(recipe.seed)
+    model.to(device)
+    preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
+    amp = recipe.amp and device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
+    steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
+    total, warmup = recipe.epochs * steps_per_epoch, int(recipe.warmup_epochs * steps_per_epoch)
+    meter = meter or MemoryMeter(device, budget_bytes=recipe.budget_bytes)
+    order_gen = torch.Generator().manual_seed(recipe.seed)
+    history: list[dict[str, float]] = []
+    seen, train_time, step = 0, 0.0, 0
+    start_wall = time.perf_counter()
+    bar = _progress(progress, total, model.config.family)
+    model.train()
+    with meter:
+        meter.register_model(model)
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(len(task.train), generator=order_gen)
+            epoch_loss, tic = 0.0, time.perf_counter()
+            for i in range(steps_per_epoch):
+                idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+                images, labels = task.train.images[idx].to(device), task.train.labels[idx].to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total=total, warmup=warmup, base_lr=recipe.lr,
+                                        min_ratio=recipe.min_lr_ratio)
+                meter.step()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(preprocess(images))
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                epoch_loss += loss.item()
+                seen += len(idx)
+                step += 1
+                if bar:
+                    bar[0].update(bar[1], advance=1, description=f"{model.config.family} epoch {epoch + 1}")
+            train_time += time.perf_counter() - tic
+            # Evaluation runs outside the meter's budget check: it is not part of training memory.
+            with _paused(meter):
+                val_acc = evaluate(model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device,
+                                   amp=amp)
+            metrics = {"epoch": epoch + 1, "train_loss": epoch_loss / steps_per_epoch, "val_accuracy": val_acc,
+                       "lr": optimizer.param_groups[0]["lr"], "peak_memory_bytes": meter.tracker.peak_bytes}
+            history.append(metrics)
+            if report is not None:
+                report(epoch + 1, metrics)
+    if bar:
+        bar[0].stop()
+    memory = meter.report()
+    test_acc = evaluate(model, task.test, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp)
+    return TrialResult(
+        val_accuracy=history[-1]["val_accuracy"],
+        test_accuracy=test_acc,
+        peak_memory_bytes=memory.peak_memory_bytes,
+        memory_source=memory.source,
+        tracked_peak_bytes=memory.tracked_peak_bytes,
+        saved_activation_bytes=memory.saved_activation_bytes,
+        trainable_params=model.num_trainable(),
+        train_images_per_s=seen / max(train_time, 1e-9),
+        wall_time_s=time.perf_counter() - start_wall,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        image_size=model.backbone.spec.image_size,
+        device=memory.device,
+        torch_version=torch.__version__,
+        family=model.config.family,
+        history=history,
+    )
+
+
+class _paused:
+    """Stop the memory tracker during evaluation (eval activations are not training memory)."""
+
+    def __init__(self, meter: MemoryMeter) -> None:
+        self.meter = meter
+
+    def __enter__(self) -> None:
+        from torch.utils._python_dispatch import _pop_mode_temporarily
+
+        self._ctx = _pop_mode_temporarily()
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _progress(enabled: bool, total: int, label: str):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   transient=True)
+    bar.start()
+    return bar, bar.add_task(label, total=total)
+
+
+def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = None) -> SideNet:
+    """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``)."""
+    from autoside.backbones import create_backbone
+
+    config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
+    torch.manual_seed(recipe.seed)
+    backbone = create_backbone(recipe.backbone.name, weights=recipe.backbone.weights,
+                               checkpoint=recipe.backbone.checkpoint, image_size=recipe.image_size,
+                               download=recipe.backbone.download)
+    return create_sidenet(config, backbone, num_classes)
+
+
+def run_trial(
+    recipe: Recipe,
+    config: SideConfig | None = None,
+    *,
+    task: Task | None = None,
+    report: Reporter | None = None,
+    progress: bool = False,
+) -> tuple[TrialResult, SideNet]:
+    """Build and train one side network from a recipe; returns the result and the trained model."""
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    device = resolve_device(recipe.device)
+    task = task or load_task(recipe.dataset)
+    model = build_model(recipe, task.num_classes, config)
+    result = train_model(model, task, recipe, device=device, report=report, progress=progress)
+    return result, model
+
+
+def machine_info() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
