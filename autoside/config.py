@@ -27,7 +27,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, field: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints are accepted for floats, nothing else is converted."""
+    """Check ``value`` against annotation ``tp``; ints and numeric strings (``1e-4``) are accepted for floats."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -66,6 +66,12 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             return value
         return from_dict(tp, value, field=field)
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads exponents without a dot (1e-4) as strings; users mean a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{field}: expected a number, got {value!r}")
         return float(value)

@@ -1,0 +1,28 @@
+"""Shared fixtures: one torch thread (CI has two cores), no hub access, tiny recipes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_recipe_dict() -> dict:
+    """A recipe that trains in seconds: sklearn digits, EfficientNet-Lite0 (offline ImageNet weights) at 32 px."""
+    return {
+        "name": "tiny",
+        "dataset": {"name": "digits", "train_size": 64, "val_size": 32, "test_size": 64, "seed": 0},
+        "backbone": {"name": "tf_efficientnet_lite0", "weights": "pretrained"},
+        "sidenet": {"name": "linear"},
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.01,
+        "warmup_epochs": 0.5,
+        "threads": 1,
+    }

@@ -1,0 +1,70 @@
+"""The command line as a user meets it: one line per error, exit 2 for bad input, a result table otherwise."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def autoside(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoside.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture
+def recipe_path(tmp_path, tiny_recipe_dict):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**tiny_recipe_dict, "epochs": 1}))
+    return path
+
+
+def test_train_prints_accuracy_and_measured_memory(recipe_path):
+    proc = autoside("train", str(recipe_path), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout and "peak training memory" in proc.stdout
+    assert "live_tensor_tracker" in proc.stdout
+
+
+def test_train_json(recipe_path):
+    proc = autoside("train", str(recipe_path), "--json", "--set", "sidenet.name=full")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["family"] == "full" and result["peak_memory_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "memory_budget=4 gigs"], "memory_budget: cannot read '4 gigs'"),
+        (["--set", "epochs=ten"], "epochs: expected an integer"),
+        (["--set", "colour=red"], "colour: unknown key"),
+        (["--set", "backbone.name=not_a_model"], "backbone.name: 'not_a_model' is not a timm model"),
+        (["--set", "image_size=30", "--set", "backbone.name=vit_tiny_patch16_224", "--set", "backbone.weights=random"],
+         "image_size: 30 is not divisible by the patch size 16"),
+        (["--sidenet", "nope"], "sidenet: unknown side network 'nope'"),
+        (["--set", "dataset.name=imagefolder", "--set", "dataset.root=/nonexistent"], "/nonexistent is not a folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code(recipe_path, tmp_path, args, message):
+    proc = autoside("train", str(recipe_path), *args, cwd=tmp_path)
+    assert proc.returncode in (1, 2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoside: error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == [recipe_path]  # nothing written
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert autoside("train", str(tmp_path / "missing.yaml")).returncode == 2
+    assert autoside("train", str(tmp_path / "missing.yaml")).stderr.count("\n") == 1
+
+
+def test_listings():
+    proc = autoside("backbones", "--json")
+    assert proc.returncode == 0 and "tf_efficientnet_lite0" in json.loads(proc.stdout)
+    proc = autoside("datasets", "--json")
+    assert {"animal_mnist", "digits", "lfw_subset", "imagefolder", "torchvision"} <= set(json.loads(proc.stdout))
+    proc = autoside("sidenets", "--json")
+    assert {"linear", "full"} <= set(json.loads(proc.stdout)["families"])

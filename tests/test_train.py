@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from autoside.errors import MemoryBudgetExceeded
+from autoside.recipe import recipe_from_dict
+from autoside.train import lr_at, param_groups, run_trial
+
+
+def test_schedule_warms_up_then_decays_to_min():
+    lrs = [lr_at(s, total=100, warmup=10, base_lr=1.0, min_ratio=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(100, total=100, warmup=10, base_lr=1.0, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.05)
+    assert [p.ndim for p in decay["params"]] == [2] and decay["weight_decay"] == 0.05
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_linear_baseline_end_to_end(tiny_recipe_dict):
+    recipe = recipe_from_dict(tiny_recipe_dict)
+    result, model = run_trial(recipe)
+    state_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    assert 0.0 <= result.test_accuracy <= 1.0 and result.val_accuracy > 0.2  # 10 classes: chance is 0.1
+    assert result.trainable_params == 1280 * 10 + 10
+    assert result.memory_source == "live_tensor_tracker" and result.device.startswith("cpu")
+    # The backbone's parameters and buffers (EfficientNet BatchNorm statistics) count. For backward the probe saves
+    # one batch of pooled features, and the loss its log-softmax, the labels and a scalar: nothing of the backbone.
+    backbone_bytes = sum(t.numel() * t.element_size() for t in model.backbone.state_dict().values())
+    assert result.peak_memory_bytes > backbone_bytes
+    features, loss_saved = recipe.batch_size * 1280 * 4, recipe.batch_size * (10 * 4 + 8)
+    assert features <= result.saved_activation_bytes <= features + loss_saved + 8
+    assert result.train_images_per_s > 0 and result.wall_time_s > 0 and len(result.history) == recipe.epochs
+    # Training never touched the frozen backbone (weights and BatchNorm running statistics).
+    assert all(torch.equal(state_before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_trial_is_deterministic_for_a_seed(tiny_recipe_dict):
+    recipe = recipe_from_dict({**tiny_recipe_dict, "epochs": 1})
+    first, m1 = run_trial(recipe)
+    second, m2 = run_trial(recipe)
+    assert first.test_accuracy == second.test_accuracy
+    assert first.history[0]["train_loss"] == second.history[0]["train_loss"]
+    assert torch.equal(m1.head.weight, m2.head.weight)
+
+
+def test_full_finetuning_trains_the_backbone_and_costs_more(tiny_recipe_dict):
+    linear, _ = run_trial(recipe_from_dict({**tiny_recipe_dict, "epochs": 1}))
+    full, model = run_trial(recipe_from_dict({**tiny_recipe_dict, "epochs": 1, "sidenet": {"name": "full"}}))
+    assert full.trainable_params == sum(p.numel() for p in model.parameters())
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+    assert full.peak_memory_bytes > 2 * linear.peak_memory_bytes
+    assert math.isfinite(full.history[-1]["train_loss"])
+
+
+def test_budget_too_small_stops_the_trial(tiny_recipe_dict):
+    recipe = recipe_from_dict({**tiny_recipe_dict, "epochs": 1, "memory_budget": "1MiB"})
+    with pytest.raises(MemoryBudgetExceeded, match="over the memory budget of 1 MiB"):
+        run_trial(recipe)
