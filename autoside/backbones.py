@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,8 +170,17 @@ def _layout(model: nn.Module) -> Layout:
     return "cnn"
 
 
-def _spec_for(model: nn.Module, *, name: str, timm_model: str, timm_kwargs: dict, weights: str, sha: str | None,
-              image_size: int, data_config: dict) -> BackboneSpec:
+def _spec_for(
+    model: nn.Module,
+    *,
+    name: str,
+    timm_model: str,
+    timm_kwargs: dict,
+    weights: str,
+    sha: str | None,
+    image_size: int,
+    data_config: dict,
+) -> BackboneSpec:
     layout = _layout(model)
     if layout == "vit":
         num_taps = len(model.blocks)
@@ -192,9 +200,20 @@ def _spec_for(model: nn.Module, *, name: str, timm_model: str, timm_kwargs: dict
             grid = (image_size // patch[0], image_size // patch[1])
         prefix = 0
     return BackboneSpec(
-        name=name, timm_model=timm_model, timm_kwargs=dict(timm_kwargs), weights=weights, sha256=sha, layout=layout,
-        num_taps=num_taps, widths=widths, reductions=reductions, num_features=int(model.num_features),
-        num_prefix_tokens=prefix, grid_size=grid, image_size=image_size, data_config=data_config,
+        name=name,
+        timm_model=timm_model,
+        timm_kwargs=dict(timm_kwargs),
+        weights=weights,
+        sha256=sha,
+        layout=layout,
+        num_taps=num_taps,
+        widths=widths,
+        reductions=reductions,
+        num_features=int(model.num_features),
+        num_prefix_tokens=prefix,
+        grid_size=grid,
+        image_size=image_size,
+        data_config=data_config,
     )
 
 
@@ -206,7 +225,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
-        raise WeightsError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise WeightsError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -237,7 +258,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, *, 
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})")
+            parts.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})"
+            )
         raise WeightsError(f"{path}: does not match timm model {type(model).__name__}: {', '.join(parts)}")
     model.load_state_dict({**{k: target[k] for k in head}, **state}, strict=True)
 
@@ -287,7 +310,9 @@ def create_backbone(
     probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
     layout = _layout(probe)
     default_size = int(
-        (source.data_config.get("input_size") if source and source.data_config else probe.pretrained_cfg["input_size"])[-1]
+        (source.data_config.get("input_size") if source and source.data_config else probe.pretrained_cfg["input_size"])[
+            -1
+        ]
     )
     size = int(image_size or default_size)
     if layout in ("vit", "swin"):
@@ -333,8 +358,16 @@ def create_backbone(
         data_config.update(source.data_config)
     data_config["input_size"] = (3, size, size)
     data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
-    spec = _spec_for(model, name=name, timm_model=timm_model, timm_kwargs=kwargs, weights=weights_label, sha=sha,
-                     image_size=size, data_config=data_config)
+    spec = _spec_for(
+        model,
+        name=name,
+        timm_model=timm_model,
+        timm_kwargs=kwargs,
+        weights=weights_label,
+        sha=sha,
+        image_size=size,
+        data_config=data_config,
+    )
     return Backbone(model, spec)
 
 

@@ -31,8 +31,14 @@ def command(name: str, help: str):
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="trial recipe YAML (see trials/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set epochs=3 --set sidenet.name=full")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set epochs=3 --set sidenet.name=full",
+    )
     p.add_argument("--sidenet", help="side network family or preset (shorthand for --set sidenet.name=...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -43,8 +43,10 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
                 return _coerce(value, arg, field)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{field}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}"
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(f"{field}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
         )
     if origin is typing.Literal:
         allowed = typing.get_args(tp)

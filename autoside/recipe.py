@@ -95,4 +95,3 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         set_dotted(data, assignment)
     return recipe_from_dict(data, source=str(path))
-

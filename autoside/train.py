@@ -71,8 +71,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 @torch.no_grad()
-def evaluate(model: SideNet, split: Split, preprocess: Preprocess, *, batch_size: int, device: torch.device,
-             amp: bool = False) -> float:
+def evaluate(
+    model: SideNet, split: Split, preprocess: Preprocess, *, batch_size: int, device: torch.device, amp: bool = False
+) -> float:
     """Top-1 accuracy with the model in eval mode (restored afterwards)."""
     was_training = model.training
     model.eval()
@@ -124,8 +125,9 @@ def train_model(
                 idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
                 images, labels = task.train.images[idx].to(device), task.train.labels[idx].to(device)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total=total, warmup=warmup, base_lr=recipe.lr,
-                                        min_ratio=recipe.min_lr_ratio)
+                    group["lr"] = lr_at(
+                        step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
+                    )
                 meter.step()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(preprocess(images))
@@ -141,10 +143,16 @@ def train_model(
             train_time += time.perf_counter() - tic
             # Evaluation runs outside the meter's budget check: it is not part of training memory.
             with _paused(meter):
-                val_acc = evaluate(model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device,
-                                   amp=amp)
-            metrics = {"epoch": epoch + 1, "train_loss": epoch_loss / steps_per_epoch, "val_accuracy": val_acc,
-                       "lr": optimizer.param_groups[0]["lr"], "peak_memory_bytes": meter.tracker.peak_bytes}
+                val_acc = evaluate(
+                    model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp
+                )
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": epoch_loss / steps_per_epoch,
+                "val_accuracy": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "peak_memory_bytes": meter.tracker.peak_bytes,
+            }
             history.append(metrics)
             if report is not None:
                 report(epoch + 1, metrics)
@@ -193,8 +201,9 @@ def _progress(enabled: bool, total: int, label: str):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
     bar.start()
     return bar, bar.add_task(label, total=total)
 
@@ -205,9 +214,13 @@ def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = No
 
     config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
     torch.manual_seed(recipe.seed)
-    backbone = create_backbone(recipe.backbone.name, weights=recipe.backbone.weights,
-                               checkpoint=recipe.backbone.checkpoint, image_size=recipe.image_size,
-                               download=recipe.backbone.download)
+    backbone = create_backbone(
+        recipe.backbone.name,
+        weights=recipe.backbone.weights,
+        checkpoint=recipe.backbone.checkpoint,
+        image_size=recipe.image_size,
+        download=recipe.backbone.download,
+    )
     return create_sidenet(config, backbone, num_classes)
 
 

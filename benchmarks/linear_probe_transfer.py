@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> None:
             recipe = load_recipe(args.recipe, [*overrides, f"backbone.weights={weights}", "sidenet.name=linear"])
             result, _ = run_trial(recipe, task=load_task(recipe.dataset))
             accs[weights] = result.test_accuracy
-        table.add_row(name, str(recipe.image_size or "default"), f"{accs['pretrained']:.4f}", f"{accs['random']:.4f}",
-                      f"{100 * (accs['pretrained'] - accs['random']):+.1f}", f"{time.perf_counter() - tic:.0f}")
+        table.add_row(
+            name,
+            str(recipe.image_size or "default"),
+            f"{accs['pretrained']:.4f}",
+            f"{accs['random']:.4f}",
+            f"{100 * (accs['pretrained'] - accs['random']):+.1f}",
+            f"{time.perf_counter() - tic:.0f}",
+        )
     Console(width=140).print(table)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 

@@ -9,8 +9,9 @@ import yaml
 
 
 def autoside(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoside.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "autoside.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture
@@ -41,8 +42,17 @@ def test_train_json(recipe_path):
         (["--set", "epochs=ten"], "epochs: expected an integer"),
         (["--set", "colour=red"], "colour: unknown key"),
         (["--set", "backbone.name=not_a_model"], "backbone.name: 'not_a_model' is not a timm model"),
-        (["--set", "image_size=30", "--set", "backbone.name=vit_tiny_patch16_224", "--set", "backbone.weights=random"],
-         "image_size: 30 is not divisible by the patch size 16"),
+        (
+            [
+                "--set",
+                "image_size=30",
+                "--set",
+                "backbone.name=vit_tiny_patch16_224",
+                "--set",
+                "backbone.weights=random",
+            ],
+            "image_size: 30 is not divisible by the patch size 16",
+        ),
         (["--sidenet", "nope"], "sidenet: unknown side network 'nope'"),
         (["--set", "dataset.name=imagefolder", "--set", "dataset.root=/nonexistent"], "/nonexistent is not a folder"),
     ],

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from autoside.data import DatasetConfig, Preprocess, load_task
-from autoside.data import sources
+from autoside.data import DatasetConfig, Preprocess, load_task, sources
 from autoside.errors import ConfigError, DataError
 
 

@@ -6,8 +6,15 @@ from autoside.units import format_bytes, parse_bytes
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("4GiB", 4 * 1024**3), ("6 GB", 6 * 10**9), ("512MiB", 512 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)),
-     (1000, 1000), ("2048", 2048), (None, None)],
+    [
+        ("4GiB", 4 * 1024**3),
+        ("6 GB", 6 * 10**9),
+        ("512MiB", 512 * 1024**2),
+        ("1.5GiB", int(1.5 * 1024**3)),
+        (1000, 1000),
+        ("2048", 2048),
+        (None, None),
+    ],
 )
 def test_parse_bytes_accepts_common_units(text, expected):
     assert parse_bytes(text) == expected

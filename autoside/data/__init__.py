@@ -45,5 +45,6 @@ def load_task(cfg: DatasetConfig) -> Task:
         data = loader(root=cfg.root, dataset=sub, download=cfg.download)
     else:
         data = loader(root=cfg.root)
-    return vtab_split(data, name=cfg.name, train_size=cfg.train_size, val_size=cfg.val_size,
-                      test_size=cfg.test_size, seed=cfg.seed)
+    return vtab_split(
+        data, name=cfg.name, train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed
+    )

@@ -86,9 +86,13 @@ def load_animal_mnist(root: str | None = None) -> Images:
     for name, digest in ANIMAL_MNIST_SHA256.items():
         path = Path(root) / name
         if not path.is_file():
-            raise DataError(f"dataset animal_mnist: {path} not found; reinstall with `pip install --no-deps animal-mnist==0.4`")
+            raise DataError(
+                f"dataset animal_mnist: {path} not found; reinstall with `pip install --no-deps animal-mnist==0.4`"
+            )
         if _sha256(path) != digest:
-            raise DataError(f"dataset animal_mnist: checksum mismatch for {path}; the file is corrupt or not version 0.4")
+            raise DataError(
+                f"dataset animal_mnist: checksum mismatch for {path}; the file is corrupt or not version 0.4"
+            )
         # Safe to unpickle only because the bytes are exactly the published ones (checked above).
         with gzip.open(path, "rb") as fh:
             arrays[name] = np.asarray(pickle.load(fh))
@@ -163,7 +167,9 @@ def load_image_folder(root: str | None = None, image_size: int = 64) -> Images:
     return Images(torch.stack(images), torch.tensor(labels), classes)
 
 
-@register_dataset("torchvision", "a torchvision dataset by name (name: torchvision/CIFAR10), root + download", needs_root=True)
+@register_dataset(
+    "torchvision", "a torchvision dataset by name (name: torchvision/CIFAR10), root + download", needs_root=True
+)
 def load_torchvision(root: str | None = None, dataset: str = "", download: bool = False) -> Images:
     import torchvision.datasets as tvd
 

@@ -35,9 +35,7 @@ class Task:
         return len(self.classes)
 
 
-def vtab_split(
-    data: Images, *, name: str, train_size: int, val_size: int, test_size: int | None, seed: int
-) -> Task:
+def vtab_split(data: Images, *, name: str, train_size: int, val_size: int, test_size: int | None, seed: int) -> Task:
     """The same seed always gives the same examples in the same order."""
     n = len(data.labels)
     pool = n if data.official_test is not None else n - 1

@@ -23,14 +23,19 @@ class Preprocess(torch.nn.Module):
 
     @classmethod
     def from_data_config(cls, data_config: dict) -> Preprocess:
-        return cls(data_config["input_size"][-1], data_config["mean"], data_config["std"],
-                   data_config.get("interpolation", "bilinear"))
+        return cls(
+            data_config["input_size"][-1],
+            data_config["mean"],
+            data_config["std"],
+            data_config.get("interpolation", "bilinear"),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.mean.device, torch.float32) / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False, antialias=True
+            )
         return (x - self.mean) / self.std

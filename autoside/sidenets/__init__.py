@@ -41,6 +41,7 @@ def register_sidenet(family: str) -> Callable[[Callable[[], dict[str, Any]]], Ca
 def _ensure_loaded() -> None:
     # Importing the family modules registers them; kept out of import time of autoside itself.
     from autoside.sidenets import baselines  # noqa: F401
+
     for module in ("losa", "dtl", "side4video", "cst"):
         try:
             __import__(f"autoside.sidenets.{module}")
