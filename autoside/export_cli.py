@@ -1,0 +1,116 @@
+"""``autoside export`` and ``autoside predict``: thin commands over :mod:`autoside.export_search` and
+:func:`autoside.load` (registered into :mod:`autoside.cli` on import)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from autoside.cli import command
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the search's name (a folder under --root)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the export folder to create")
+    pick = p.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", metavar="ID", help="export this trial (e.g. 7 or 0007)")
+    pick.add_argument(
+        "--budget",
+        metavar="SIZE",
+        help="export the most accurate (validation) finished trial whose peak memory fits, e.g. 4GiB",
+    )
+    pick.add_argument(
+        "--knee",
+        action="store_true",
+        help="export the knee of the accuracy/memory front (the member farthest above the chord "
+        "between its extremes, after min-max scaling; ties: lower trial id)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--root", default=None, help="where searches live (default: autoside_runs)")
+    p.add_argument(
+        "--register",
+        metavar="MODEL_NAME",
+        help="also log the export as an MLflow pyfunc model and register it under this name",
+    )
+    p.add_argument("--tracking-uri", help="MLflow registry for --register (default: the search's tracking URI)")
+    p.add_argument("--json", action="store_true", help="print what was exported as JSON")
+
+
+@command("export", "export a trial of a search as a loadable side network (side_config.json + safetensors)")(
+    _export_args
+)
+def _export(args: argparse.Namespace) -> int:
+    from autoside.export_search import export_trial
+    from autoside.predict import read_side_config
+    from autoside.units import format_bytes
+
+    out, record = export_trial(
+        args.name,
+        args.out_dir,
+        trial=args.trial,
+        budget=args.budget,
+        knee=args.knee,
+        root=args.root,
+        overwrite=args.force,
+        register=args.register,
+        tracking_uri=args.tracking_uri,
+    )
+    info = read_side_config(out)
+    metrics = info.get("metrics") or {}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(out),
+                    "trial_id": record.trial_id,
+                    "family": info["family"],
+                    "selected_by": info["extra"].get("selected_by"),
+                    "metrics": metrics,
+                    "registered": args.register,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    acc = metrics.get("val_accuracy")
+    memory = metrics.get("peak_memory_bytes")
+    print(
+        f"exported trial {record.trial_id} ({info['extra'].get('selected_by')}): {info['family']}, "
+        f"val accuracy {acc if acc is None else f'{acc:.4f}'}, peak memory {format_bytes(memory)} "
+        f"on {metrics.get('device', 'unknown device')} -> {out}"
+    )
+    if args.register:
+        print(f"registered as MLflow model {args.register!r} (models:/{args.register}/latest)")
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="an export folder (from `autoside export` or save_pretrained)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="image files")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
+    p.add_argument("--checkpoint", help="the backbone checkpoint file, when the export was trained on one")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+
+
+@command("predict", "print the top-k labels an exported side network gives to image files")(_predict_args)
+def _predict(args: argparse.Namespace) -> int:
+    import autoside
+    from autoside.errors import ConfigError
+    from autoside.predict import read_images
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: must be at least 1, got {args.top_k}")
+    model = autoside.load(args.path, checkpoint=args.checkpoint, device=args.device)
+    images = read_images(args.files, model.backbone.spec.image_size)
+    results = model.topk(images, k=args.top_k)
+    if args.json:
+        rows = [
+            {"file": f, "top_k": [{"label": label, "probability": p} for label, p in top]}
+            for f, top in zip(args.files, results)
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for file, top in zip(args.files, results):
+        print(f"{file}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    return 0
