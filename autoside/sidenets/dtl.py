@@ -1,0 +1,256 @@
+"""DTL and DTL+: Disentangled Transfer Learning (Fu, Zhu and Wu, "DTL: Disentangled Transfer Learning for Visual
+Recognition", AAAI 2024), following the authors' official code (github.com/heekhero/DTL).
+
+What is implemented, block by block (``i`` 0-indexed, ``M`` 1-indexed as in the paper):
+
+* A *compact side network*: per tapped block a bias-free rank-``r`` map ``B_i A_i`` (``A_i`` r x d kaiming-uniform,
+  ``B_i`` d x r zeros, :class:`~autoside.layers.LowRankLinear`) reads the block's **input**, all tokens including CLS,
+  and is summed into a side state ``h``.
+* From block ``M`` on, the block's output receives ``swish_beta(h) = h * sigmoid(beta * h)`` (beta = 100). DTL+ first
+  passes ``swish_beta(h)`` through one shared depthwise ``k x k`` convolution (no bias, same padding) on the patch grid;
+  prefix rows (CLS) bypass it (:class:`~autoside.layers.DepthwiseFusion`).
+* Head: mean of the patch tokens, then the backbone's frozen final norm, then a trainable Linear (as in the official
+  ViT code; for Swin the official code applies the norm before pooling, and so does this one).
+* The frozen blocks ``1..M`` see nothing trainable, so they run under ``no_grad``: no activations are kept for them.
+  From block ``M + 1`` on, the block inputs carry the side state, so gradients flow through the frozen weights; this is
+  where DTL's memory goes, and why ``M`` is the main memory knob.
+* Swin (timm layout, channels-last stages): one rank map per tapped block with that stage's width, ``h`` reset at the
+  start of every stage, and one depthwise conv per stage that has merge blocks. Rank maps and convs of stages that end
+  before block ``M`` could never reach the backbone (the official code builds them all the same; they never receive a
+  gradient), so autoside leaves them out.
+* Drop-path on the frozen blocks (the official recipes use 0.1, linearly increasing over depth as in timm) is applied
+  through :class:`~autoside.layers.SideDropPath`, because autoside keeps frozen backbones in eval mode.
+
+Trainable parameters without the head, ViT-B/16, all 12 blocks tapped: ``12 * 2 * 768 * r`` (36,864 for r = 2), plus
+``768 * k * k`` for DTL+.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autoside.backbones import Backbone, BackboneSpec
+from autoside.errors import ConfigError
+from autoside.layers import DepthwiseFusion, LowRankLinear, SideDropPath, set_side_drop_path, swish
+from autoside.sidenets import register_family, register_sidenet
+from autoside.sidenets.base import SideConfig, SideNet, require
+
+
+@dataclass(frozen=True)
+class DTLConfig(SideConfig):
+    """DTL (``kernel_size = 0``) or DTL+ (odd ``kernel_size``).
+
+    Attributes:
+        rank: rank ``r`` of every map ``B_i A_i``.
+        first_tap: first block (0-indexed) whose input feeds the side state.
+        last_tap: last tapped block (0-indexed; -1: the last block).
+        merge_from: ``M`` (1-indexed): blocks ``M..L`` receive ``swish(h)`` on their output; ``None``: ``L // 2 + 1``
+            (7 of 12, as in the paper's ViT recipes).
+        beta: swish sharpness.
+        kernel_size: depthwise fusion kernel of DTL+ (0 = plain DTL).
+        drop_path: the largest stochastic-depth rate on the frozen blocks (0 at the first block, linear over depth).
+        dropout: dropout before the classifier.
+    """
+
+    family = "dtl"
+    rank: int = 2
+    first_tap: int = 0
+    last_tap: int = -1
+    merge_from: int | None = None
+    beta: float = 100.0
+    kernel_size: int = 0
+    drop_path: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "rank", f"must be at least 1, got {self.rank}")
+        require(self.first_tap >= 0, "first_tap", f"must be a block index >= 0, got {self.first_tap}")
+        require(self.last_tap >= -1, "last_tap", f"must be a block index >= 0 or -1 (last block), got {self.last_tap}")
+        require(
+            self.merge_from is None or self.merge_from >= 1,
+            "merge_from",
+            f"must be at least 1 (1-indexed block), got {self.merge_from}",
+        )
+        require(self.beta > 0, "beta", f"must be positive, got {self.beta}")
+        require(
+            self.kernel_size == 0 or (self.kernel_size >= 1 and self.kernel_size % 2 == 1),
+            "kernel_size",
+            f"must be 0 (DTL) or an odd size 1, 3, 5, ... (DTL+), got {self.kernel_size}",
+        )
+        require(0.0 <= self.drop_path < 1.0, "drop_path", f"must be in [0, 1), got {self.drop_path}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+    def check_backbone(self, spec: BackboneSpec) -> None:
+        require(
+            spec.layout in ("vit", "swin"),
+            "family",
+            f"'dtl' needs a ViT or Swin backbone (layout 'vit' or 'swin'); {spec.name!r} has layout {spec.layout!r}",
+        )
+        narrowest = min(spec.widths)
+        require(
+            self.rank <= narrowest,
+            "rank",
+            f"must be in 1..{narrowest} (the narrowest block width of {spec.name!r}), got {self.rank}",
+        )
+        require(
+            self.kernel_size == 0 or spec.has_patch_grid,
+            "kernel_size",
+            f"must be 0 for {spec.name!r}, which has no fixed patch grid (allowed: 0), got {self.kernel_size}",
+        )
+        if spec.layout == "vit":
+            self.check_depth(spec.num_taps)
+
+    def check_depth(self, depth: int) -> None:
+        """Block indices against the backbone's number of blocks (Swin's is only known from the model)."""
+        require(
+            self.merge_from is None or self.merge_from <= depth,
+            "merge_from",
+            f"must be in 1..{depth} (the backbone has {depth} blocks), got {self.merge_from}",
+        )
+        require(self.first_tap < depth, "first_tap", f"must be in 0..{depth - 1}, got {self.first_tap}")
+        last = depth - 1 if self.last_tap == -1 else self.last_tap
+        require(
+            self.first_tap <= last <= depth - 1,
+            "last_tap",
+            f"must be -1 or in {self.first_tap}..{depth - 1} (first_tap..last block), got {self.last_tap}",
+        )
+
+    def resolved(self, depth: int) -> tuple[range, int]:
+        """The tapped block indices and ``M`` for a backbone with ``depth`` blocks."""
+        last = depth - 1 if self.last_tap == -1 else self.last_tap
+        merge_from = self.merge_from if self.merge_from is not None else depth // 2 + 1
+        return range(self.first_tap, last + 1), merge_from
+
+
+def _stages(model: nn.Module, layout: str) -> list[tuple[nn.Module | None, list[nn.Module]]]:
+    """(downsample, blocks) per stage; a ViT is a single stage without downsampling."""
+    if layout == "vit":
+        return [(None, list(model.blocks))]
+    return [(stage.downsample, list(stage.blocks)) for stage in model.layers]
+
+
+@register_family
+class DTL(SideNet):
+    """Compact low-rank side network whose gated state is written back into the later frozen blocks."""
+
+    config_class = DTLConfig
+    writes_back = True
+
+    def __init__(self, config: DTLConfig, backbone: Backbone, num_classes: int) -> None:
+        super().__init__(config, backbone, num_classes)
+        spec, model = backbone.spec, backbone.model
+        stages = _stages(model, spec.layout)
+        depth = sum(len(blocks) for _, blocks in stages)
+        config.check_depth(depth)
+        taps, self.merge_from = config.resolved(depth)
+        self.taps = tuple(taps)
+        widths = [spec.widths[s] if spec.layout == "swin" else spec.widths[0] for s in range(len(stages))]
+
+        self.maps = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        start = 0
+        for s, (_, blocks) in enumerate(stages):
+            # h is reset at each stage, so taps in a stage that ends before block M could never reach the backbone.
+            merges = start + len(blocks) - 1 >= self.merge_from - 1
+            for i in range(start, start + len(blocks)):
+                if i in taps and merges:
+                    self.maps[str(i)] = LowRankLinear(widths[s], widths[s], config.rank)
+            if config.kernel_size and merges:
+                self.fusions[str(s)] = DepthwiseFusion(
+                    widths[s], config.kernel_size, grid_size=spec.grid_size, num_prefix_tokens=spec.num_prefix_tokens
+                )
+            start += len(blocks)
+
+        self.drop_paths: list[SideDropPath] = []
+        if config.drop_path > 0:
+            for i, block in enumerate(b for _, blocks in stages for b in blocks):
+                try:
+                    self.drop_paths += set_side_drop_path(block, config.drop_path * i / max(1, depth - 1))
+                except ValueError as exc:
+                    raise ConfigError(f"sidenet.drop_path: must be 0 for {spec.name!r} ({exc})") from None
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(spec.num_features, num_classes)
+
+    def train(self, mode: bool = True) -> DTL:
+        super().train(mode)
+        for module in self.drop_paths:  # stochastic depth follows the side network, not the frozen backbone
+            module.active = mode
+        return self
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        # The backbone's own frozen norm (not registered here, so it stays out of the side state dict).
+        model = self.backbone.model
+        norm = (
+            model.fc_norm if self.backbone.spec.layout == "vit" and isinstance(model.norm, nn.Identity) else model.norm
+        )
+        return norm(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.backbone.model
+        if self.backbone.spec.layout == "swin":
+            return model.patch_embed(x)
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec, grad = self.backbone.spec, torch.is_grad_enabled()
+        with torch.no_grad():
+            x = self._embed(x)
+        i = 0
+        for s, (downsample, blocks) in enumerate(_stages(self.backbone.model, spec.layout)):
+            if downsample is not None:
+                with torch.set_grad_enabled(grad and x.requires_grad):
+                    x = downsample(x)
+            h = None  # the side state; reset at each Swin stage, as in the official code
+            for block in blocks:
+                if str(i) in self.maps:
+                    update = self.maps[str(i)](x)
+                    h = update if h is None else h + update
+                # Blocks 1..M see no trainable input: no graph, no saved activations.
+                with torch.set_grad_enabled(grad and i >= self.merge_from):
+                    x = block(x)
+                if i >= self.merge_from - 1 and h is not None:
+                    gated = swish(h, self.config.beta)
+                    x = x + (self.fusions[str(s)](gated) if str(s) in self.fusions else gated)
+                i += 1
+        if spec.layout == "swin":
+            features = self._final_norm(x).mean(dim=(1, 2))
+        else:
+            features = self._final_norm(x[:, spec.num_prefix_tokens :].mean(dim=1))
+        return self.head(self.drop(features))
+
+
+def _preset(**kwargs: object) -> dict[str, object]:
+    return dict(kwargs)
+
+
+@register_sidenet("dtl")
+def dtl_vit_b16() -> dict[str, object]:
+    """Official ViT-B/16 VTAB recipe: r = 2, all 12 blocks tapped, M = 7, beta = 100, drop-path 0.1."""
+    return _preset(rank=2, first_tap=0, last_tap=-1, merge_from=7, beta=100.0, kernel_size=0, drop_path=0.1)
+
+
+@register_sidenet("dtl")
+def dtl_plus_vit_b16() -> dict[str, object]:
+    """DTL+ on ViT-B/16: as ``dtl_vit_b16`` plus a shared 3 x 3 depthwise fusion."""
+    return {**dtl_vit_b16(), "kernel_size": 3}
+
+
+@register_sidenet("dtl")
+def dtl_swin_b() -> dict[str, object]:
+    """Official Swin-B VTAB recipe: r = 4, blocks 4..23 tapped (0-indexed), M = 15, beta = 100, drop-path 0.1."""
+    return _preset(rank=4, first_tap=4, last_tap=-1, merge_from=15, beta=100.0, kernel_size=0, drop_path=0.1)
+
+
+@register_sidenet("dtl")
+def dtl_vit12_fmnist() -> dict[str, object]:
+    """The shipped 12-block ViT (width 96, 4 x 4 patch grid): r = 4, all blocks tapped, M = 7."""
+    return _preset(rank=4, first_tap=0, last_tap=-1, merge_from=7, beta=100.0, kernel_size=0, drop_path=0.0)
+
+
+@register_sidenet("dtl")
+def dtl_plus_vit12_fmnist() -> dict[str, object]:
+    """DTL+ on the shipped ViT: ``dtl_vit12_fmnist`` plus a 3 x 3 depthwise fusion on its 4 x 4 grid."""
+    return {**dtl_vit12_fmnist(), "kernel_size": 3}

@@ -1,0 +1,174 @@
+"""Reusable contract checks for side networks, run over the registry on tiny random backbones.
+
+Every registered family and preset must pass them (``tests/test_sidenets.py``); a new family gets them for free. They
+follow timm's ``tests/test_models.py`` and PEFT's ``tests/testing_common.py``: shapes, finite outputs, a training step
+after which no frozen backbone parameter has a gradient and every side parameter has one, a frozen backbone that stays
+in eval mode with unchanged BatchNorm statistics, a config that round-trips through plain dicts, and an exported state
+that leaves the frozen backbone out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoside.backbones import Backbone, _spec_for, offline_weights
+from autoside.sidenets import SideNet, config_from_dict
+
+# Tiny timm models with the block structure of the real ones (12 ViT blocks, Swin-B's 2-2-18-2 stages), so that the
+# presets' block indices are valid on them; each builds and runs a batch of 2 in milliseconds.
+TINY_BACKBONES: dict[str, tuple[str, dict[str, Any], int]] = {
+    "vit": (
+        "vit_tiny_patch16_224",
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 12, "num_heads": 2},
+        32,
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        {"img_size": 32, "embed_dim": 8, "depths": (2, 2, 18, 2), "num_heads": (1, 1, 2, 2), "window_size": 2},
+        32,
+    ),
+    "cnn": ("resnet18", {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]}, 32),
+}
+
+
+def timm_backbone(
+    timm_model: str, timm_kwargs: dict[str, Any], image_size: int, *, name: str | None = None
+) -> Backbone:
+    """A frozen :class:`Backbone` around a randomly initialised timm model built with custom kwargs."""
+    import timm
+
+    model = timm.create_model(timm_model, pretrained=False, num_classes=0, **timm_kwargs)
+    data_config = {"input_size": [3, image_size, image_size], "mean": [0.5] * 3, "std": [0.5] * 3}
+    spec = _spec_for(
+        model,
+        name=name or f"tiny_{timm_model}",
+        timm_model=timm_model,
+        timm_kwargs=timm_kwargs,
+        weights="random",
+        sha=None,
+        image_size=image_size,
+        data_config=data_config,
+    )
+    return Backbone(model, spec)
+
+
+def tiny_backbone(layout: str) -> Backbone:
+    """A tiny random backbone of layout ``vit``, ``swin`` or ``cnn``."""
+    timm_model, kwargs, size = TINY_BACKBONES[layout]
+    return timm_backbone(timm_model, kwargs, size, name=f"tiny_{layout}")
+
+
+def small_vit_backbone() -> Backbone:
+    """The project's own small ViT (``vit12_fmnist``: 12 blocks, width 96, 28 px, 7 px patches), random weights."""
+    from autoside.backbones import create_backbone
+    from autoside.pretrain import BACKBONES
+
+    if "vit12_fmnist" in offline_weights():
+        return create_backbone("vit12_fmnist", weights="random")
+    arch = BACKBONES["vit12_fmnist"]
+    return timm_backbone(arch["timm_model"], arch["timm_kwargs"], arch["timm_kwargs"]["img_size"], name="vit12_fmnist")
+
+
+def random_batch(backbone: Backbone, batch_size: int = 2, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    size = backbone.spec.image_size
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, 3, size, size, generator=gen), torch.randint(
+        0, num_classes, (batch_size,), generator=gen
+    )
+
+
+def _bn_state(backbone: Backbone) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in backbone.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def check_forward(model: SideNet, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits of the right shape, all finite."""
+    logits = model(x)
+    assert logits.shape == (x.shape[0], num_classes), f"logits shape {tuple(logits.shape)}"
+    assert torch.isfinite(logits).all(), "non-finite logits"
+    return logits
+
+
+def check_training_step(model: SideNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One step in train mode: frozen means frozen, and every side parameter learns."""
+    model.train()
+    frozen = model.backbone.frozen
+    bn_before = _bn_state(model.backbone)
+    logits = check_forward(model, x, model.num_classes)
+    loss = nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    assert torch.isfinite(loss), "non-finite loss"
+    if frozen:
+        assert not model.backbone.model.training, "a frozen backbone must stay in eval mode"
+        with_grad = [n for n, p in model.backbone.named_parameters() if p.grad is not None or p.requires_grad]
+        assert not with_grad, f"frozen backbone parameters got gradients: {with_grad[:3]}"
+        for key, value in _bn_state(model.backbone).items():
+            assert torch.equal(value, bn_before[key]), f"BatchNorm statistic {key} moved"
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"side parameters without a gradient: {missing[:3]}"
+    assert model.side_parameters(), "no trainable parameters"
+
+
+def check_config_roundtrip(model: SideNet) -> None:
+    """``to_dict`` -> JSON -> ``config_from_dict`` gives back an equal config."""
+    data = json.loads(json.dumps(model.config.to_dict()))
+    assert data["family"] == model.config.family
+    assert config_from_dict(data) == model.config
+
+
+def check_side_state_dict(model: SideNet) -> None:
+    """A frozen family exports its side weights only, and all of them."""
+    state = model.side_state_dict()
+    if model.backbone.frozen:
+        assert not any(k.startswith("backbone.") for k in state), "side_state_dict includes the frozen backbone"
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable <= set(state), (
+            f"trainable weights missing from side_state_dict: {sorted(trainable - set(state))[:3]}"
+        )
+    else:
+        assert any(k.startswith("backbone.") for k in state), "a trained backbone must be exported"
+
+
+def backbone_blocks(backbone: Backbone) -> list[nn.Module]:
+    """The transformer blocks of a ViT or Swin backbone, in forward order."""
+    model = backbone.model
+    if backbone.spec.layout == "vit":
+        return list(model.blocks)
+    if backbone.spec.layout == "swin":
+        return [block for stage in model.layers for block in stage.blocks]
+    raise ValueError(f"{backbone.spec.name}: no transformer blocks (layout {backbone.spec.layout!r})")
+
+
+def blocks_recording_graph(model: SideNet, x: torch.Tensor, blocks: Iterable[nn.Module] | None = None) -> list[bool]:
+    """For each backbone block, whether its output was recorded by autograd (has a ``grad_fn``) in one forward."""
+    blocks = list(blocks if blocks is not None else backbone_blocks(model.backbone))
+    recorded: dict[int, bool] = {}
+    hooks = [
+        b.register_forward_hook(lambda _m, _i, out, k=k: recorded.__setitem__(k, out.grad_fn is not None))
+        for k, b in enumerate(blocks)
+    ]
+    try:
+        model.train()
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(recorded) == len(blocks), "some blocks did not run"
+    return [recorded[k] for k in range(len(blocks))]
+
+
+def run_contract(model: SideNet) -> None:
+    """All checks on one side network built beside a tiny backbone."""
+    torch.manual_seed(0)
+    x, y = random_batch(model.backbone, num_classes=model.num_classes)
+    check_training_step(model, x, y)
+    model.eval()
+    with torch.no_grad():
+        check_forward(model, x, model.num_classes)
+    check_config_roundtrip(model)
+    check_side_state_dict(model)

@@ -1,0 +1,153 @@
+"""DTL / DTL+ against the paper and the official code: parameter counts, gradient path, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from autoside.backbones import create_backbone
+from autoside.errors import ConfigError
+from autoside.sidenets import create_sidenet, resolve
+from autoside.sidenets.dtl import DTLConfig
+from autoside.testing import backbone_blocks, blocks_recording_graph, random_batch, small_vit_backbone, tiny_backbone
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    # Parameter counts need the real architecture, not its weights: build it on the meta device (no memory, no init).
+    with torch.device("meta"):
+        return create_backbone("vit_base_patch16_224", weights="random")
+
+
+def _count(name: str, backbone, **kwargs) -> int:
+    with torch.device("meta"):
+        return create_sidenet(name, backbone, num_classes=10, **kwargs).num_trainable(include_head=False)
+
+
+@pytest.mark.parametrize(("rank", "expected"), [(1, 18_432), (2, 36_864), (4, 73_728), (8, 147_456)])
+def test_dtl_vit_b16_parameter_count(vit_b16, rank: int, expected: int) -> None:
+    assert _count("dtl_vit_b16", vit_b16, rank=rank) == expected
+
+
+@pytest.mark.parametrize(("kernel", "expected"), [(3, 43_776), (5, 56_064)])
+def test_dtl_plus_vit_b16_parameter_count(vit_b16, kernel: int, expected: int) -> None:
+    assert _count("dtl_plus_vit_b16", vit_b16, kernel_size=kernel) == expected
+
+
+def test_dtl_swin_b_parameter_count() -> None:
+    with torch.device("meta"):
+        swin = create_backbone("swin_base_patch4_window7_224", weights="random")
+    assert resolve("dtl_swin_b").first_tap == 4
+    assert _count("dtl_swin_b", swin) == 90_112
+
+
+def test_small_vit_parameter_count() -> None:
+    backbone = small_vit_backbone()  # 12 blocks of width 96
+    assert _count("dtl", backbone, rank=2) == 12 * 2 * 96 * 2
+    assert _count("dtl", backbone, rank=2, kernel_size=3) == 12 * 2 * 96 * 2 + 96 * 9
+    assert _count("dtl_plus_vit12_fmnist", backbone) == 12 * 2 * 96 * 4 + 96 * 9
+
+
+@pytest.mark.parametrize("merge_from", [1, 7, 12])
+def test_gradient_path_vit(merge_from: int) -> None:
+    model = create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, merge_from=merge_from, kernel_size=3)
+    x, y = random_batch(model.backbone, num_classes=3)
+    # Blocks 1..M (0-indexed < M) see nothing trainable; the inputs of the later ones carry the side state.
+    assert blocks_recording_graph(model, x) == [i >= merge_from for i in range(12)]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.side_parameters())
+
+
+def test_gradient_path_small_vit() -> None:
+    model = create_sidenet("dtl_vit12_fmnist", small_vit_backbone(), num_classes=3)
+    x, _ = random_batch(model.backbone)
+    assert blocks_recording_graph(model, x) == [i >= 7 for i in range(12)]
+
+
+def test_gradient_path_swin() -> None:
+    model = create_sidenet("dtl_swin_b", tiny_backbone("swin"), num_classes=3)
+    x, _ = random_batch(model.backbone)
+    assert blocks_recording_graph(model, x) == [i >= 15 for i in range(24)]
+    assert sorted(int(k) for k in model.maps) == list(range(4, 24))
+
+
+def test_zero_side_state_leaves_the_backbone_unchanged() -> None:
+    model = create_sidenet("dtl_plus_vit12_fmnist", small_vit_backbone(), num_classes=3).eval()
+    x, _ = random_batch(model.backbone)
+    vit = model.backbone.model
+    with torch.no_grad():
+        tokens = vit.blocks(vit.norm_pre(vit._pos_embed(vit.patch_embed(x))))
+        expected = model.head(vit.norm(tokens[:, vit.num_prefix_tokens :].mean(dim=1)))
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_side_state_reaches_the_output() -> None:
+    model = create_sidenet("dtl_plus_vit12_fmnist", small_vit_backbone(), num_classes=3).eval()
+    x, _ = random_batch(model.backbone)
+    with torch.no_grad():
+        before = model(x)
+        for m in model.maps.values():
+            m.B.normal_(std=0.5)
+        assert not torch.allclose(model(x), before)
+
+
+def test_drop_path_is_driven_by_the_side_network() -> None:
+    model = create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, drop_path=0.5)
+    x, _ = random_batch(model.backbone, batch_size=8)
+    model.train()
+    assert not model.backbone.model.training
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x)), "drop-path should be active in training"
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert [m.rate for m in backbone_blocks(model.backbone)[-1].children() if hasattr(m, "rate")] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "allowed"),
+    [
+        ({"rank": 33}, "sidenet.rank", "1..32"),
+        ({"merge_from": 13}, "sidenet.merge_from", "1..12"),
+        ({"merge_from": 0}, "sidenet.merge_from", "at least 1"),
+        ({"first_tap": 12}, "sidenet.first_tap", "0..11"),
+        ({"last_tap": 40}, "sidenet.last_tap", "-1 or in 0..11"),
+        ({"kernel_size": 4}, "sidenet.kernel_size", "odd"),
+        ({"beta": 0}, "sidenet.beta", "positive"),
+        ({"drop_path": 1.0}, "sidenet.drop_path", "[0, 1)"),
+    ],
+)
+def test_bad_config_names_field_and_range(kwargs: dict, field: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, **kwargs)
+    assert str(info.value).startswith(field) and allowed in str(info.value)
+
+
+def test_merge_from_checked_against_swin_depth() -> None:
+    with pytest.raises(ConfigError, match=r"sidenet.merge_from: must be in 1\.\.24"):
+        create_sidenet("dtl", tiny_backbone("swin"), num_classes=3, merge_from=25)
+
+
+def test_kernel_needs_a_patch_grid() -> None:
+    spec = dataclasses.replace(tiny_backbone("vit").spec, grid_size=None)
+    DTLConfig(kernel_size=0).check_backbone(spec)
+    with pytest.raises(ConfigError, match=r"sidenet.kernel_size: must be 0 .*allowed: 0"):
+        DTLConfig(kernel_size=3).check_backbone(spec)
+
+
+def test_dtl_on_cnn_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"sidenet.family: 'dtl' needs a ViT or Swin backbone"):
+        create_sidenet("dtl_vit_b16", tiny_backbone("cnn"), num_classes=3)

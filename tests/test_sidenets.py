@@ -1,0 +1,55 @@
+"""Contract tests over every registered family and preset, on tiny random backbones of each layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoside.errors import ConfigError
+from autoside.sidenets import create_sidenet, list_sidenets, resolve
+from autoside.testing import run_contract, tiny_backbone
+
+LAYOUTS = ("vit", "swin", "cnn")
+NAMES = list_sidenets()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _build(name: str, layout: str):
+    backbone = tiny_backbone(layout)
+    torch.manual_seed(0)
+    return create_sidenet(name, backbone, num_classes=3)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_contract(name: str, layout: str) -> None:
+    try:
+        model = _build(name, layout)
+    except ConfigError as exc:
+        pytest.skip(f"{name} does not apply to a {layout} backbone: {exc}")
+    run_contract(model)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_name_builds_somewhere(name: str) -> None:
+    accepted = []
+    for layout in LAYOUTS:
+        try:
+            _build(name, layout)
+            accepted.append(layout)
+        except ConfigError as exc:
+            assert str(exc).startswith("sidenet."), f"{name} on {layout}: error does not name the field: {exc}"
+    assert accepted, f"{name} builds on none of {LAYOUTS}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_resolves_and_round_trips(name: str) -> None:
+    config = resolve(name)
+    assert type(config).from_dict(config.to_dict()) == config
