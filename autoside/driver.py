@@ -1,0 +1,364 @@
+"""The driver side of a search: Ray connection, stores, the Tuner, resume reconciliation, the end of a search.
+
+Called by :func:`autoside.search.search`; kept apart so that module stays a readable overview.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoside import tracking
+from autoside.results import RESULT_FILE, SearchResult, open_search, read_records
+from autoside.trainable import TrialContext, result_record, trial_id_of, write_json_atomic
+from autoside.units import format_bytes
+
+
+def connect_ray(address: str | None) -> bool:
+    """Connect to Ray; by default start a small local cluster bound to 127.0.0.1. True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    if address in (None, "", "local"):
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024**2, **quiet)
+    else:
+        ray.init(address=address, **quiet)
+    return True
+
+
+@dataclass
+class DriverState:
+    path: Path
+    meta: dict[str, Any]
+    space: Any
+    recipe: Any
+    opts: Any
+    study_name: str
+    storage: Any
+    context: TrialContext
+    pending: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    searcher: Any = None
+
+
+def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any, *, new: bool) -> DriverState:
+    """Create (or reopen) the search folder, the MLflow parent run and the Optuna study; on resume, reconcile."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = Path(opts.root)
+    root.mkdir(parents=True, exist_ok=True)
+    if new:
+        (path / "trials").mkdir(parents=True)
+        params = {**tracking.flat({"budget": format_bytes(meta["budget_bytes"]), "budget_bytes": meta["budget_bytes"],
+                                   "sampler": opts.sampler, "scheduler": opts.scheduler,
+                                   "num_samples": opts.num_samples, "max_concurrent": opts.max_concurrent,
+                                   "objectives": ",".join(opts.objectives), "seed": opts.seed}),
+                  **{f"recipe.{k}": v for k, v in tracking.flat(meta["recipe"]).items()},
+                  **{f"space.{k}": v for k, v in tracking.flat(meta["space"]).items()}}
+        tags = {**{f"version.{k}": v for k, v in tracking.versions().items()},
+                **{f"hardware.{k}": v for k, v in tracking.hardware().items()}, "autoside.role": "search"}
+        experiment_id, parent = tracking.start_parent(
+            meta["tracking_uri"], root, meta["name"], params=params, tags=tags,
+            artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]})
+        meta.update(experiment_id=experiment_id, parent_run_id=parent)
+    else:
+        tracking.reopen(meta["tracking_uri"], meta["parent_run_id"])
+    meta["status"] = "running"
+    meta["attempts"] = int(meta.get("attempts", 0)) + 1
+    write_meta(path, meta)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(path / 'optuna.db').resolve()}")
+    context = TrialContext(name=meta["name"], search_dir=str(path.resolve()), space=meta["space"],
+                           recipe=meta["recipe"], budget_bytes=meta["budget_bytes"],
+                           tracking_uri=meta["tracking_uri"], experiment_id=meta["experiment_id"],
+                           parent_run_id=meta["parent_run_id"], threads=max(1, int(opts.cpus_per_trial)))
+    state = DriverState(path, meta, space, recipe, opts, study_name=meta["name"], storage=storage, context=context)
+    if not new:
+        _reconcile(state)
+    finished = len(read_records(path))
+    state.remaining = max(0, opts.num_samples - finished)
+    return state
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(path / "search.json", meta)
+
+
+def discard(path: Path, meta: dict[str, Any]) -> None:
+    """Undo a new search that failed before its first trial: folder and MLflow parent run."""
+    shutil.rmtree(path, ignore_errors=True)
+    if meta.get("parent_run_id"):
+        try:
+            tracking.client(meta["tracking_uri"]).delete_run(meta["parent_run_id"])
+        except Exception:  # noqa: BLE001 - best effort cleanup; the original error matters more
+            pass
+
+
+def _reconcile(state: DriverState) -> None:
+    """After a driver died: tell Optuna trials that were recorded but never told; hand out again (same number)
+    those that were running, after deleting their partial MLflow runs and folders."""
+    import optuna
+
+    study = optuna.load_study(study_name=state.study_name, storage=state.storage)
+    searcher = _searcher(state, pending=[])
+    running = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    rerun = []
+    for frozen in running:
+        result_file = state.path / "trials" / trial_id_of(frozen.number) / RESULT_FILE
+        if result_file.is_file():
+            record = json.loads(result_file.read_text())
+            searcher.tell(optuna.trial.Trial(study, frozen._trial_id), record["status"], record.get("metrics") or {})
+        else:
+            rerun.append(frozen)
+            shutil.rmtree(state.path / "trials" / trial_id_of(frozen.number), ignore_errors=True)
+    if rerun:
+        tracking.delete_trial_runs(state.meta["tracking_uri"], state.meta["experiment_id"],
+                                   state.meta["parent_run_id"], [t.number for t in rerun])
+    state.pending = rerun
+
+
+def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, progress: Any = None):  # noqa: ANN202
+    from autoside.searcher import AutosideOptunaSearch, make_sampler
+
+    opts = state.opts
+    sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
+
+    def on_finish(number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
+        _record_unfinished(state, number, status, last, params)
+
+    return AutosideOptunaSearch(
+        state.space, objectives=tuple(opts.objectives), sampler=sampler, storage=state.storage,
+        study_name=state.study_name, budget_bytes=state.meta["budget_bytes"], pending=pending, scheduler=scheduler,
+        on_finish=on_finish, on_told=progress.told if progress else None)
+
+
+def _record_unfinished(state: DriverState, number: int, status: str, last: dict[str, Any],
+                       params: dict[str, Any]) -> None:
+    """Write ``result.json`` and close the MLflow run of a trial its worker could not finish (pruned, crashed)."""
+    config = state.space.config_from_params(params).to_dict()
+    metrics = {k: last[k] for k in ("val_accuracy", "peak_memory_bytes", "train_loss", "epoch") if k in last}
+    run_id = last.get("mlflow_run_id")
+    reason = "stopped early by the scheduler" if status == "pruned" else "the trial's worker died"
+    if run_id:
+        tracking.TrialRun(state.meta["tracking_uri"], run_id).finish(status, None, tags={"reason": reason})
+    record = result_record(number=number, params=params, config=config, status=status, metrics=metrics,
+                           mlflow_run_id=run_id, reason=reason, finished_at=time.time())
+    write_json_atomic(state.path / "trials" / trial_id_of(number) / RESULT_FILE, record)
+
+
+def run_tuner(state: DriverState) -> bool:
+    """Run the remaining trials; returns True when interrupted (Ctrl-C)."""
+    from ray import tune
+
+    from autoside.searcher import RecordingASHA
+    from autoside.trainable import run_search_trial
+
+    opts = state.opts
+    progress = Progress(state)
+    if state.remaining == 0 and not state.pending:
+        return False
+    scheduler = None
+    if opts.scheduler == "asha":
+        scheduler = RecordingASHA(time_attr="training_iteration", metric="val_accuracy", mode="max",
+                                  max_t=state.recipe.epochs, grace_period=1, reduction_factor=2)
+    searcher = _searcher(state, pending=state.pending, scheduler=scheduler, progress=progress)
+    state.searcher = searcher
+    resources, extra = _resources(state)
+    searcher.resources = extra
+    trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()),
+                                    resources)
+    progress.start()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=state.remaining,
+                                    max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"attempt-{state.meta['attempts']}",
+                                  storage_path=str((state.path / "ray").resolve()), verbose=0,
+                                  callbacks=[progress.callback()], failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        return True
+    return bool(getattr(tuner, "_interrupted", False)) or _still_running(state)
+
+
+def _still_running(state: DriverState) -> bool:
+    finished = len(read_records(state.path))
+    return finished < state.opts.num_samples and state.searcher is not None and bool(
+        [t for t in state.searcher.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"])
+
+
+def _resources(state: DriverState):  # noqa: ANN202
+    """Resources per trial: ``cpus_per_trial`` CPUs, and on GPUs the fraction the trial's predicted memory needs."""
+    import ray
+    from ray import tune
+
+    opts = state.opts
+    gpus = opts.gpus_per_trial
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if gpus != "auto" or not has_gpu:
+        fixed = 0.0 if gpus == "auto" else float(gpus)
+        bundle = {"CPU": opts.cpus_per_trial, **({"GPU": fixed} if fixed else {})}
+        return tune.PlacementGroupFactory([bundle]), None
+    total = _gpu_total_memory()
+    predictor = DriverPredictor(state)
+
+    def extra(config: dict[str, Any]) -> dict[str, Any]:
+        return {"predicted_bytes": predictor(config["params"])}
+
+    def resources(config: dict[str, Any]):  # noqa: ANN202
+        need = config.get("predicted_bytes") or state.meta["budget_bytes"] or total
+        # Allocator overhead and the CUDA context are not in the CPU dry-step prediction: 25 % + 512 MiB margin.
+        frac = min(1.0, max(0.05, math.ceil(20 * (need * 1.25 + 512 * 1024**2) / total) / 20))
+        return tune.PlacementGroupFactory([{"CPU": opts.cpus_per_trial, "GPU": frac}])
+
+    return resources, extra
+
+
+def _gpu_total_memory() -> int:
+    import ray
+
+    @ray.remote(num_gpus=0.01)
+    def probe() -> int:
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+
+    return ray.get(probe.remote())
+
+
+class DriverPredictor:
+    """Dry-step memory prediction on the driver (CPU), for GPU packing; backbone and data are loaded once."""
+
+    def __init__(self, state: DriverState) -> None:
+        self.state = state
+        self.task = None
+
+    def __call__(self, params: dict[str, Any]) -> int:
+        from autoside.data import load_task
+        from autoside.predict_memory import predict_peak_memory
+        from autoside.train import build_model
+
+        recipe = self.state.recipe
+        self.task = self.task or load_task(recipe.dataset)
+        model = build_model(recipe, self.task.num_classes, self.state.space.config_from_params(params))
+        return predict_peak_memory(model, self.task, recipe, device="cpu").predicted_bytes
+
+
+class Progress:
+    """Live progress on the terminal: a line per finished trial with the counts, best accuracy within the budget
+    and the size of the front."""
+
+    def __init__(self, state: DriverState) -> None:
+        self.state = state
+        self.running: set[str] = set()
+        self.stream = sys.stdout
+
+    def start(self) -> None:
+        s = self.state
+        rerun = f", {len(s.pending)} interrupted trials run again" if s.pending else ""
+        self.print(f"search {s.meta['name']}: {s.remaining} trials to run{rerun}, budget "
+                   f"{format_bytes(s.meta['budget_bytes'])}, sampler {s.opts.sampler}, scheduler {s.opts.scheduler}, "
+                   f"at most {s.opts.max_concurrent} at a time")
+
+    def print(self, line: str) -> None:
+        if self.state.opts.progress:
+            print(line, file=self.stream, flush=True)
+
+    def callback(self):  # noqa: ANN201 - a ray.tune.Callback
+        from ray.tune import Callback
+
+        progress = self
+
+        class _Callback(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+                progress.running.add(trial.trial_id)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+                progress.running.discard(trial.trial_id)
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+                progress.running.discard(trial.trial_id)
+
+        return _Callback()
+
+    def told(self, number: int, status: str) -> None:
+        from autoside.pareto import feasible, pareto_front
+
+        records = read_records(self.state.path)
+        counts = {k: sum(r.status == k for r in records) for k in ("ok", "infeasible", "pruned", "failed")}
+        budget = self.state.meta["budget_bytes"]
+        pool = feasible(records, budget)
+        best = max((r.accuracy for r in pool), default=None)
+        front = pareto_front(records, tuple(self.state.opts.objectives), budget)
+        record = next((r for r in records if r.number == number), None)
+        what = ""
+        if record is not None and record.metrics:
+            what = (f" {record.config.get('family', '?')}: acc {record.accuracy or 0:.3f}, "
+                    f"mem {format_bytes(record.memory)}")
+        best_text = f"{best:.3f}" if best is not None else "-"
+        self.print(f"[{len(records):>3}/{self.state.opts.num_samples}] trial {trial_id_of(number)} {status}{what} | "
+                   f"done {counts['ok']} running {max(0, len(self.running) - 1)} infeasible {counts['infeasible']} "
+                   f"pruned {counts['pruned']} failed {counts['failed']} | best within budget {best_text} | "
+                   f"front {len(front)}")
+
+
+def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> SearchResult:
+    """Tag the Pareto members, log pareto.csv / pareto.png / hypervolume to the parent run, close it."""
+    from autoside.pareto import knee_point, pareto_front, plot, search_hypervolume
+
+    meta, path = state.meta, state.path
+    result = open_search(meta["name"], root=state.opts.root)
+    records, budget, objectives = result.trials, meta["budget_bytes"], tuple(state.opts.objectives)
+    front = pareto_front(records, objectives, budget)
+    knee = knee_point(front, objectives)
+    c = tracking.client(meta["tracking_uri"])
+    parent = meta["parent_run_id"]
+    front_ids = {r.trial_id for r in front}
+    for r in records:
+        if r.mlflow_run_id:
+            tracking.set_tags(c, r.mlflow_run_id, {"pareto": str(r.trial_id in front_ids).lower()})
+    with open(path / "pareto.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["trial_id", "family", "val_accuracy", "test_accuracy", "peak_memory_bytes", "peak_memory",
+                         "trainable_params", "knee", "mlflow_run_id", "params"])
+        for r in front:
+            writer.writerow([r.trial_id, r.config.get("family"), r.accuracy, r.metrics.get("test_accuracy"),
+                             r.memory, format_bytes(r.memory), r.metrics.get("trainable_params"),
+                             str(knee is r).lower(), r.mlflow_run_id, json.dumps(r.params)])
+    plot(records, front, path / "pareto.png", budget_bytes=budget, title=f"{meta['name']}: accuracy vs memory")
+    tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.csv")))
+    tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.png")))
+    # Hypervolume after each finished trial, in the order trials finished (a prefix never changes on resume).
+    ordered = sorted(records, key=lambda r: (r.raw.get("finished_at", 0), r.number))
+    reference = None
+    from autoside.pareto import normalised_reference
+
+    reference = normalised_reference(records, objectives, budget)
+    logged = {m.step for m in tracking.retry(lambda: c.get_metric_history(parent, "hypervolume"))}
+    for i in range(1, len(ordered) + 1):
+        if i not in logged:
+            hv = search_hypervolume(ordered[:i], objectives, budget, reference)
+            tracking.log_metrics(c, parent, {"hypervolume": hv}, step=i)
+    counts = result.counts()
+    tracking.log_metrics(c, parent, {"hypervolume_final": search_hypervolume(records, objectives, budget, reference),
+                                     "front_size": len(front), "trials": len(records),
+                                     **{f"trials_{k}": v for k, v in counts.items()}})
+    meta["status"] = "interrupted" if interrupted else "finished"
+    meta["seconds"] = float(meta.get("seconds", 0.0)) + seconds
+    tracking.retry(lambda: c.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))
+    write_meta(path, meta)
+    return open_search(meta["name"], root=state.opts.root)

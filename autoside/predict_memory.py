@@ -1,0 +1,106 @@
+"""Predict a trial's peak training memory before it trains, from dry steps (measured, then extrapolated).
+
+Method (a *dry step*, not an analytic model): on a copy of the side network, run two optimizer steps exactly as
+:func:`autoside.train.train_model` does (forward under autocast, ``zero_grad``, backward, AdamW step; so the second
+step's forward runs with the first step's gradients and the optimizer state alive, which is where training peaks)
+at two small batch sizes ``b1 < b2``, each under a fresh :class:`~autoside.memory.MemoryMeter`. Peak memory is
+affine in the batch size (parameters, gradients and optimizer state are constant; activations scale with it), so
+the prediction for the recipe's batch ``B`` is ``peak(b1) + (B - b1) * (peak(b2) - peak(b1)) / (b2 - b1)``, times a
+small safety factor. It is measured with the same meter as training, so on CPU it predicts the live-tensor peak and
+on CUDA the allocator peak. ``tests/test_search.py::test_memory_prediction_error`` checks its error.
+
+Cost: four small steps, typically well under a second for the side networks autoside searches; a trial over the
+budget is refused in seconds instead of failing minutes later.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from autoside.data import Preprocess, Task
+from autoside.memory import MemoryMeter
+from autoside.recipe import Recipe
+from autoside.sidenets import SideNet
+
+SAFETY = 1.05
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    predicted_bytes: int
+    method: str
+    batch_sizes: tuple[int, int]
+    measured_bytes: tuple[int, int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dry_batches(batch_size: int) -> tuple[int, int]:
+    """Two small batch sizes (>= 2, so BatchNorm in train mode works) to extrapolate from."""
+    b2 = max(4, min(batch_size, 8))
+    return max(2, b2 // 2), b2
+
+
+def _peak_of_steps(model: SideNet, task: Task, recipe: Recipe, batch: int, device: torch.device) -> int:
+    preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
+    amp = recipe.amp and device.type == "cuda"
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
+    images, labels = task.train.images[:batch], task.train.labels[:batch]
+    if len(images) < batch:  # a dataset smaller than the batch: repeat it
+        reps = -(-batch // len(images))
+        images, labels = images.repeat(reps, *[1] * (images.ndim - 1))[:batch], labels.repeat(reps)[:batch]
+    meter = MemoryMeter(device)
+    model.train()
+    with meter:
+        meter.register_model(model)
+        for _ in range(2):
+            x, y = images.to(device), labels.to(device)
+            meter.step()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(preprocess(x))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            del x, y, logits, loss
+    return meter.report().peak_memory_bytes
+
+
+def predict_peak_memory(model: SideNet, task: Task, recipe: Recipe, *, device: torch.device | str = "cpu"
+                        ) -> MemoryPrediction:
+    """Predict the peak training memory of ``model`` under ``recipe`` (see the module docstring)."""
+    import time
+
+    tic = time.perf_counter()
+    device = torch.device(device)
+    probe = copy.deepcopy(model).to(device)
+    rng = torch.get_rng_state()
+    b1, b2 = dry_batches(recipe.batch_size)
+    try:
+        p1 = _peak_of_steps(probe, task, recipe, b1, device)
+        p2 = _peak_of_steps(probe, task, recipe, b2, device)
+    finally:
+        torch.set_rng_state(rng)  # dropout in the dry steps must not change the trial's random stream
+        del probe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    slope = max(0.0, (p2 - p1) / (b2 - b1))
+    predicted = int(SAFETY * (p1 + (recipe.batch_size - b1) * slope))
+    return MemoryPrediction(predicted, "dry_step_linear_in_batch", (b1, b2), (p1, p2), time.perf_counter() - tic)
+
+
+def static_lower_bound(model: SideNet, task: Task, recipe: Recipe) -> int:
+    """Bytes every configuration on this backbone needs at least: the backbone's parameters and buffers, the
+    classifier head, and one preprocessed input batch. A budget below this cannot fit any side network."""
+    backbone = model.backbone
+    state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
+    size = backbone.spec.image_size
+    batch = recipe.batch_size * 3 * size * size * 4
+    return int(state + batch)

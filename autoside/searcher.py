@@ -1,0 +1,198 @@
+"""Ray Tune's ``OptunaSearch``, extended to tell Optuna the truth about each trial.
+
+Ray's own integration falls short for autoside in four ways, each fixed here:
+
+* **The memory budget is an Optuna constraint.** Before a result is told, the trial gets
+  ``trial.set_constraint("memory", peak - budget)`` (Optuna 5's API; feasible when <= 0), so every sampler
+  (TPE, NSGA-II, GP) learns where the wall is. Ray passes no constraints at all.
+* **Early-stopped trials are PRUNED.** A trial the scheduler (ASHA) stopped reaches ``on_trial_complete`` with its
+  last *epoch* result; Ray would tell it as COMPLETE with a low-fidelity score. Here it is told as PRUNED (with its
+  memory constraint so far). Only the scheduler's own STOP decisions count as pruning.
+* **Infeasible is not failed.** A trial refused by the memory predictor or stopped by the budget is told as
+  COMPLETE with its memory and a positive constraint (accuracy 0), not as a silent FAIL the sampler ignores.
+* **Trial identity survives a restart.** Each suggestion carries the Optuna trial number (the trial's id, its folder
+  and its MLflow run); on resume, trials that were running when the driver died are handed out again under the same
+  number instead of being lost or duplicated.
+
+The searcher's state lives in the Optuna storage (SQLite), not in Ray's checkpoint, so ``save``/``restore`` are
+no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from autoside.errors import ConfigError
+from autoside.pareto import OBJECTIVES
+from autoside.space import SearchSpace
+from autoside.trainable import FINAL_KEY, trial_id_of
+
+logger = logging.getLogger(__name__)
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped (so they can be told as PRUNED, and nothing else is)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201 - Ray's signature
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and FINAL_KEY not in result:
+            self.stopped.add(trial.trial_id)
+        return decision
+
+
+Finisher = Callable[[int, str, dict[str, Any], dict[str, Any]], None]
+
+
+class AutosideOptunaSearch(OptunaSearch):
+    """Multi-objective, constrained Optuna search over a :class:`SearchSpace` (see the module docstring).
+
+    Args:
+        space: the validated search space.
+        objectives: names from :data:`autoside.pareto.OBJECTIVES` (accuracy, memory, optionally params).
+        sampler: an Optuna sampler.
+        storage: the Optuna storage (persisted beside the MLflow store).
+        study_name: the study in that storage.
+        budget_bytes: the hard memory budget (``None``: unconstrained).
+        pending: frozen RUNNING trials of a previous driver, handed out again first.
+        scheduler: the :class:`RecordingASHA` in use, if any.
+        on_finish: ``(number, status, last_result, params)`` called for trials the worker could not record itself
+            (pruned, crashed) before they are told; the driver writes their ``result.json`` there.
+        on_told: ``(number, status)`` after each tell (progress display).
+        resources: optional ``config -> extra config`` (e.g. a memory prediction for GPU packing).
+    """
+
+    def __init__(self, space: SearchSpace, *, objectives: tuple[str, ...], sampler: optuna.samplers.BaseSampler,
+                 storage: optuna.storages.BaseStorage, study_name: str, budget_bytes: int | None,
+                 pending: list[optuna.trial.FrozenTrial] | None = None, scheduler: RecordingASHA | None = None,
+                 on_finish: Finisher | None = None, on_told: Callable[[int, str], None] | None = None,
+                 resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        metrics = [OBJECTIVES[o][0] for o in objectives]
+        modes = [OBJECTIVES[o][1] for o in objectives]
+        self.autoside_space = space
+        super().__init__(space=self._define_by_run, metric=metrics, mode=modes, sampler=sampler,
+                         study_name=study_name, storage=storage)
+        self.budget_bytes = budget_bytes
+        self.pending = list(pending or [])
+        self.scheduler = scheduler
+        self.on_finish = on_finish
+        self.on_told = on_told
+        self.resources = resources
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def _define_by_run(self, trial: Any) -> None:
+        self.autoside_space.suggest(trial)
+
+    # -- asking ------------------------------------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id in self._configs:
+            return self._configs[trial_id]
+        if self.pending:
+            frozen = self.pending.pop(0)
+            ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            params = dict(frozen.params)
+        else:
+            ot_trial, params = self._ask_valid()
+        config = {"trial_number": ot_trial.number, "params": params}
+        if self.resources is not None:
+            config.update(self.resources(config))
+        self._ot_trials[trial_id] = ot_trial
+        self._configs[trial_id] = config
+        return config
+
+    def _ask_valid(self) -> tuple[optuna.trial.Trial, dict[str, Any]]:
+        """Ask until the family accepts the sampled combination (a rejected one is told as FAIL with the reason)."""
+        for _ in range(100):
+            ot_trial = self._ot_study.ask()
+            try:
+                self.autoside_space.suggest(ot_trial)
+            except ConfigError as exc:
+                ot_trial.set_user_attr("autoside_status", "invalid")
+                ot_trial.set_user_attr("reason", str(exc)[:500])
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            return ot_trial, dict(ot_trial.params)
+        raise ConfigError("the search space produced 100 invalid configurations in a row; narrow its ranges")
+
+    # -- telling -----------------------------------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Multi-objective Optuna has no intermediate values; keep the last epoch for a pruned trial's record.
+        self._last[trial_id] = dict(result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        last = dict(result or self._last.get(trial_id) or {})
+        status = last.get(FINAL_KEY)
+        if status is None:
+            if self.scheduler is not None and trial_id in self.scheduler.stopped:
+                status = "pruned"
+            elif error:
+                status = "failed"
+            else:
+                # Stopped by the driver shutting down (Ctrl-C): not finished, so not told; a resume runs it again.
+                self._completed_trials.add(trial_id)
+                return
+            if self.on_finish is not None:
+                self.on_finish(ot_trial.number, status, last, self._configs[trial_id]["params"])
+        self.tell(ot_trial, status, last)
+        self._completed_trials.add(trial_id)
+
+    def tell(self, ot_trial: optuna.trial.Trial, status: str, metrics: dict[str, Any]) -> None:
+        """Tell Optuna one finished trial (also used on resume for trials recorded but never told)."""
+        study = self._ot_study
+        memory = metrics.get("peak_memory_bytes")
+        ot_trial.set_user_attr("autoside_status", status)
+        ot_trial.set_user_attr("trial_id", trial_id_of(ot_trial.number))
+        if self.budget_bytes is not None and memory is not None and status in ("ok", "infeasible", "pruned"):
+            excess = float(memory) - self.budget_bytes
+            if status == "infeasible":
+                excess = max(excess, 1.0)  # refused or stopped at the budget: infeasible even if it stopped right at it
+            ot_trial.set_constraint("memory", excess)
+        if status in ("ok", "infeasible"):
+            values = [float(metrics.get(m, 0.0)) for m in self.metric]
+            study.tell(ot_trial, values, state=optuna.trial.TrialState.COMPLETE, skip_if_finished=True)
+        elif status == "pruned":
+            study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(ot_trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if self.on_told is not None:
+            self.on_told(ot_trial.number, status)
+
+    # -- state lives in the Optuna storage -------------------------------------------------------------------------
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as fh:
+            fh.write("autoside: the search state lives in the Optuna storage\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+
+def make_sampler(name: str, *, seed: int | None, num_samples: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler behind ``--sampler``; start-up trials scale with the search so small searches still learn."""
+    startup = max(4, min(10, num_samples // 3))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                          constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"--sampler: {name!r} is not one of tpe, nsga2, gp, random")

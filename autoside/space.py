@@ -1,0 +1,246 @@
+"""Search spaces: a family choice with a conditional sub-space per family, walked define-by-run by one function.
+
+A space is a YAML file in ``search_spaces/``::
+
+    name: mixed
+    families:
+      linear:
+        dropout: {type: float, low: 0.0, high: 0.5, step: 0.1}
+      full: {}
+      losa:
+        rank: {type: int, low: 4, high: 64, log: true}
+        mixer: {type: categorical, choices: [mlp, conv]}
+        depth: 4                      # a plain value fixes a knob (not searched)
+
+Each searched knob is one of Optuna's three distributions (float, int, categorical, with ``log`` / ``step``).
+:meth:`SearchSpace.suggest` walks the space define-by-run: first ``family``, then only that family's knobs, named
+``<family>/<knob>`` (e.g. ``dtl/rank``). The same function replays a finished trial's parameters through
+``optuna.trial.FixedTrial`` (:meth:`SearchSpace.config_from_params`), so there is one path from parameters to
+architecture. Everything is validated when the file is loaded, with one message per problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoside.config import load_yaml
+from autoside.errors import ConfigError
+from autoside.sidenets import SideConfig, get_family, list_families
+
+_TYPES = ("float", "int", "categorical")
+_PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
+_TOP_KEYS = {"name", "description", "families"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched knob: an Optuna float / int / categorical distribution."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: Any, prefix: str) -> Any:
+        key = f"{prefix}/{self.name}"
+        if self.type == "float":
+            return trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_categorical(key, list(self.choices))
+
+    def corners(self) -> list[Any]:
+        """Values that validation builds a config with: both ends of a range, every choice."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        out: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class FamilySpace:
+    """The knobs searched (and fixed) for one family."""
+
+    family: str
+    params: tuple[Param, ...] = ()
+    fixed: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space; see the module docstring for the file format."""
+
+    name: str
+    families: tuple[FamilySpace, ...]
+    description: str = ""
+
+    @property
+    def family_names(self) -> list[str]:
+        return [f.family for f in self.families]
+
+    def suggest(self, trial: Any) -> SideConfig:
+        """Walk the space define-by-run on an Optuna ``Trial`` (or ``FixedTrial``) and build the side config."""
+        name = trial.suggest_categorical("family", self.family_names)
+        fam = next(f for f in self.families if f.family == name)
+        kwargs = dict(fam.fixed)
+        for param in fam.params:
+            kwargs[param.name] = param.suggest(trial, name)
+        return get_family(name).config_class.from_dict(kwargs)
+
+    def config_from_params(self, params: dict[str, Any]) -> SideConfig:
+        """Replay a trial's parameters through :meth:`suggest` (export uses this to rebuild a trial's config)."""
+        import optuna
+
+        return self.suggest(optuna.trial.FixedTrial(dict(params)))
+
+    def to_dict(self) -> dict[str, Any]:
+        families = {}
+        for fam in self.families:
+            families[fam.family] = {**fam.fixed, **{p.name: p.to_dict() for p in fam.params}}
+        out: dict[str, Any] = {"name": self.name, "families": families}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    def size_hint(self) -> str:
+        return ", ".join(f"{f.family} ({len(f.params)} knobs)" for f in self.families)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search space YAML (a malformed file reports its line)."""
+    data = load_yaml(path, what="search space")
+    data.setdefault("name", Path(path).stem)
+    return space_from_dict(data, source=str(path))
+
+
+def space_from_dict(data: dict[str, Any], *, source: str = "search space") -> SearchSpace:
+    """Validate ``data``; every problem found is listed, one per line, in a single :class:`ConfigError`."""
+    problems: list[str] = []
+    for key in sorted(set(data) - _TOP_KEYS):
+        problems.append(f"{key}: unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    families_data = data.get("families")
+    families: list[FamilySpace] = []
+    if not isinstance(families_data, dict) or not families_data:
+        problems.append("families: expected a mapping of family names to their knobs, e.g. families: {linear: {}}")
+        families_data = {}
+    known = list_families()
+    for name, knobs in families_data.items():
+        if name not in known:
+            problems.append(f"families.{name}: unknown family {name!r} (allowed: {', '.join(known)})")
+            continue
+        fam = _family_space(str(name), knobs, problems)
+        if fam is not None:
+            families.append(fam)
+    if not problems:
+        for fam in families:
+            _check_corners(fam, problems)
+    if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"{source}: {problems[0]}")
+        raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+    return SearchSpace(name=str(data.get("name", "space")), families=tuple(families),
+                       description=str(data.get("description", "")))
+
+
+def _family_space(name: str, knobs: Any, problems: list[str]) -> FamilySpace | None:
+    if knobs is None:
+        knobs = {}
+    if not isinstance(knobs, dict):
+        problems.append(f"families.{name}: expected a mapping of knobs (or {{}}), got {knobs!r}")
+        return None
+    config_class = get_family(name).config_class
+    allowed = [f.name for f in dataclasses.fields(config_class) if f.init]
+    params, fixed = [], {}
+    for knob, spec in knobs.items():
+        where = f"families.{name}.{knob}"
+        if knob not in allowed:
+            have = ", ".join(allowed) if allowed else "none"
+            problems.append(f"{where}: family {name!r} has no parameter {knob!r} (its parameters: {have})")
+            continue
+        if isinstance(spec, dict):
+            param = _param(knob, spec, where, problems)
+            if param is not None:
+                params.append(param)
+        else:
+            fixed[knob] = spec
+    return FamilySpace(family=name, params=tuple(params), fixed=fixed)
+
+
+def _param(knob: str, spec: dict[str, Any], where: str, problems: list[str]) -> Param | None:
+    before = len(problems)
+    for key in sorted(set(spec) - _PARAM_KEYS):
+        problems.append(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(_PARAM_KEYS))})")
+    kind = spec.get("type", "categorical" if "choices" in spec else None)
+    if kind not in _TYPES:
+        problems.append(f"{where}.type: expected one of {', '.join(_TYPES)}, got {kind!r}")
+        return None
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append(f"{where}.choices: expected a non-empty list of values, got {choices!r}")
+        elif any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
+            problems.append(f"{where}.choices: values must be strings, numbers, booleans or null")
+        elif len({repr(c) for c in choices}) != len(choices):
+            problems.append(f"{where}.choices: contains duplicates")
+        for key in ("low", "high", "log", "step"):
+            if key in spec:
+                problems.append(f"{where}.{key}: not allowed for a categorical parameter (use choices)")
+        return None if len(problems) > before else Param(knob, "categorical", choices=tuple(choices))
+    if "choices" in spec:
+        problems.append(f"{where}.choices: only for type categorical")
+    number = int if kind == "int" else (int, float)
+    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    for key, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, number):
+            problems.append(f"{where}.{key}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log: expected true or false, got {log!r}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
+        problems.append(f"{where}.step: expected a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+    if len(problems) > before:
+        return None
+    if low > high:
+        problems.append(f"{where}: low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        problems.append(f"{where}: log scale needs low > 0, got {low}")
+    if log and step is not None and not (kind == "int" and step == 1):
+        problems.append(f"{where}: log and step cannot be combined (Optuna's rule)")
+    if len(problems) > before:
+        return None
+    return Param(knob, kind, low=float(low) if kind == "float" else int(low),
+                 high=float(high) if kind == "float" else int(high), log=log,
+                 step=None if step is None else (float(step) if kind == "float" else int(step)))
+
+
+def _check_corners(fam: FamilySpace, problems: list[str]) -> None:
+    """Build the family's config at the ends of every range (and each choice) so that a knob value the family
+    itself rejects (its ``__post_init__``) fails now, not in the middle of a search."""
+    config_class = get_family(fam.family).config_class
+    values = [p.corners() for p in fam.params]
+    combos = itertools.islice(itertools.product(*values), 256) if values else [()]
+    for combo in combos:
+        kwargs = {**fam.fixed, **{p.name: v for p, v in zip(fam.params, combo)}}
+        try:
+            config_class.from_dict(kwargs, field=f"families.{fam.family}")
+        except ConfigError as exc:
+            message = str(exc)
+            if not message.startswith(f"families.{fam.family}"):
+                message = f"families.{fam.family}: {message}"
+            if combo:
+                message += f" (at {', '.join(f'{p.name}={v!r}' for p, v in zip(fam.params, combo))})"
+            problems.append(message)
+            return

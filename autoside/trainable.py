@@ -1,0 +1,171 @@
+"""What one search trial does on its Ray worker.
+
+1. Rebuild the side config by replaying the sampled parameters through the space (one path from parameters to
+   architecture), and the recipe with the search's memory budget.
+2. Build the frozen backbone and the side network; predict the peak training memory with dry steps
+   (:mod:`autoside.predict_memory`). Over the budget: refused in seconds, recorded as ``infeasible`` with the
+   predicted memory.
+3. Train under the budget (CPU: the live-tensor tracker stops the trial when it crosses the budget; CUDA: a
+   per-process allocator cap). Per-epoch metrics go to Tune (for ASHA) and to the trial's nested MLflow run.
+4. Export the side network to ``<search>/trials/<id>/side_network/`` (also the MLflow artifact ``side_network``),
+   close the MLflow run with its status, write ``result.json`` atomically, and send the final result to Tune.
+
+A trial that the scheduler stops after some epoch never reaches step 4: the driver records it (as ``pruned``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+FINAL_KEY = "autoside_status"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search shares (sent once to the workers with ``tune.with_parameters``)."""
+
+    name: str
+    search_dir: str
+    space: dict[str, Any]
+    recipe: dict[str, Any]
+    budget_bytes: int | None
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trial_id_of(number: int) -> str:
+    return f"{number:04d}"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def result_record(*, number: int, params: dict[str, Any], config: dict[str, Any], status: str,
+                  metrics: dict[str, Any], mlflow_run_id: str | None, **extra: Any) -> dict[str, Any]:
+    return {"trial_id": trial_id_of(number), "number": number, "status": status, "params": params,
+            "config": config, "metrics": metrics, "mlflow_run_id": mlflow_run_id, **extra}
+
+
+@lru_cache(maxsize=4)
+def _task(dataset_json: str):  # noqa: ANN202 - cached per worker process: every trial reads the same data
+    from autoside.config import from_dict
+    from autoside.data import DatasetConfig, load_task
+
+    return load_task(from_dict(DatasetConfig, json.loads(dataset_json)))
+
+
+def final_report(status: str, metrics: dict[str, Any], budget_bytes: int | None, **extra: Any) -> dict[str, Any]:
+    """The last result a trial sends to Tune; ``autoside_status`` marks it as final (not an epoch report)."""
+    memory = int(metrics.get("peak_memory_bytes", 0))
+    return {
+        FINAL_KEY: status,
+        "val_accuracy": float(metrics.get("val_accuracy", 0.0)),
+        "peak_memory_bytes": memory,
+        "trainable_params": int(metrics.get("trainable_params", 0)),
+        "memory_constraint": float(memory - budget_bytes) if budget_bytes is not None else 0.0,
+        **extra,
+    }
+
+
+def run_search_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Ray Tune function trainable (see the module docstring)."""
+    from ray import tune
+
+    ctx = TrialContext(**context)
+    number, params = int(config["trial_number"]), dict(config["params"])
+    record = execute_trial(ctx, number, params, report=lambda metrics: tune.report(metrics))
+    tune.report(final_report(record["status"], record["metrics"], ctx.budget_bytes, trial_number=number,
+                             mlflow_run_id=record["mlflow_run_id"]))
+
+
+def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, report=None) -> dict[str, Any]:  # noqa: ANN001, C901
+    """Steps 1-4 of the module docstring; returns the record written to ``result.json``."""
+    import torch
+
+    from autoside import tracking
+    from autoside.errors import MemoryBudgetExceeded
+    from autoside.predict_memory import predict_peak_memory
+    from autoside.recipe import recipe_from_dict
+    from autoside.space import space_from_dict
+    from autoside.train import build_model, resolve_device, train_model
+
+    started = time.time()
+    torch.set_num_threads(max(1, ctx.threads))
+    trial_id = trial_id_of(number)
+    trial_dir = Path(ctx.search_dir) / "trials" / trial_id
+    if trial_dir.exists():  # left over from an attempt killed with the driver: this run replaces it
+        shutil.rmtree(trial_dir)
+    trial_dir.mkdir(parents=True)
+    side_config = space_from_dict(ctx.space).config_from_params(params)
+    recipe = replace(recipe_from_dict(ctx.recipe), memory_budget=ctx.budget_bytes)
+    config_dict = side_config.to_dict()
+    run = tracking.TrialRun.start(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, number=number,
+                                  trial_id=trial_id, search=ctx.name, params=params, config=config_dict)
+    status, metrics, extra, export_dir = "ok", {}, {}, None
+    model = None
+    try:
+        task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str))
+        device = resolve_device(recipe.device)
+        model = build_model(recipe, task.num_classes, side_config)
+        metrics["trainable_params"] = model.num_trainable()
+        if ctx.budget_bytes is not None:
+            prediction = predict_peak_memory(model, task, recipe, device=device)
+            extra["memory_prediction"] = prediction.to_dict()
+            tracking.log_metrics(run.client, run.run_id, {"predicted_peak_memory_bytes": prediction.predicted_bytes,
+                                                          "prediction_seconds": prediction.seconds})
+            if prediction.predicted_bytes > ctx.budget_bytes:
+                raise MemoryBudgetExceeded(prediction.predicted_bytes, ctx.budget_bytes, where="predicted training")
+
+        def on_epoch(epoch: int, epoch_metrics: dict[str, float]) -> None:
+            run.log_epoch(epoch, epoch_metrics)
+            if report is not None and epoch < recipe.epochs:  # the last epoch arrives with the final result
+                report({**epoch_metrics, "trial_number": number, "mlflow_run_id": run.run_id})
+
+        result = train_model(model, task, recipe, device=device, report=on_epoch)
+        metrics = result.to_dict()
+        from autoside.export import save_pretrained
+
+        export_dir = save_pretrained(
+            model, trial_dir / "side_network", metrics={k: v for k, v in metrics.items() if k != "history"},
+            extra={"search": ctx.name, "trial_id": trial_id, "params": params, "classes": list(task.classes)
+                   if hasattr(task, "classes") else None}, overwrite=True)
+    except MemoryBudgetExceeded as exc:
+        status = "infeasible"
+        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": exc.used_bytes,
+                        "memory_source": "predicted" if "predicted" in str(exc) else "stopped_at_budget"})
+        extra["reason"] = str(exc)
+    except torch.OutOfMemoryError as exc:
+        status = "infeasible"
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": max(int(peak), int(ctx.budget_bytes or 0) + 1),
+                        "memory_source": "cuda_out_of_memory"})
+        extra["reason"] = f"CUDA out of memory under the budget cap: {str(exc).splitlines()[0][:200]}"
+    except Exception as exc:  # noqa: BLE001 - any other error fails this trial only; the search goes on
+        status = "failed"
+        extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        (trial_dir / "error.txt").write_text(traceback.format_exc())
+    extra["wall_time_s"] = time.time() - started
+    run.finish(status, {k: v for k, v in metrics.items() if k != "history"},
+               tags={"reason": extra["reason"][:5000]} if "reason" in extra else None, artifacts_dir=export_dir)
+    record = result_record(number=number, params=params, config=config_dict, status=status, metrics=metrics,
+                           mlflow_run_id=run.run_id, artifact_dir=str(export_dir) if export_dir else None,
+                           finished_at=time.time(), **extra)
+    write_json_atomic(trial_dir / "result.json", record)
+    return record
