@@ -181,7 +181,7 @@ def export_trial(
             out,
             register,
             tracking_uri=tracking_uri or search.tracking_uri,
-            experiment="autoside-exports",
+            experiment=search.name,
             backbone_checkpoint=recipe.backbone.checkpoint,
             backbone=model.backbone,
             tags={"autoside.search": search.name, "autoside.trial_id": record.trial_id},

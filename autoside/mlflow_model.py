@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import tempfile
-import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,6 @@ class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
 
 def images_from_input(model_input: Any) -> Any:
     """A batch of images (array or list of single images) from a pyfunc input (see the module docstring)."""
-    import numpy as np
     import pandas as pd
 
     if isinstance(model_input, dict) and len(model_input) == 1:
@@ -73,7 +73,7 @@ def images_from_input(model_input: Any) -> Any:
     if model_input.shape[1] == 0 or len(model_input) == 0:
         raise DataError("predict: the input DataFrame is empty; give one image per row in its first column")
     column = model_input["image"] if "image" in model_input.columns else model_input.iloc[:, 0]
-    return [_decode(value) for value in column.tolist()] if column.dtype == object else np.asarray(column.tolist())
+    return [_decode(value) for value in column.tolist()]
 
 
 def _decode(value: Any) -> Any:
@@ -94,10 +94,13 @@ def _decode(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(value)) as img:
-                return np.asarray(img.convert("RGB"))
+                return np.array(img.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"predict: not a readable image ({exc})") from None
-    raise DataError(f"predict: cannot read an image from a {type(value).__name__}")
+    raise DataError(
+        f"predict: cannot read an image from a {type(value).__name__}; give one image per row (nested list, encoded "
+        f"image bytes, base64 string or file path) in the DataFrame's first column, or an array of images"
+    )
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -142,7 +145,7 @@ def register(
             f"register: the backbone of {export_dir} ({weights}) cannot be rebuilt on another machine from its name; "
             f"pass its weights (backbone_checkpoint=FILE or backbone=...)"
         )
-    client = mlflow.MlflowClient(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = (
         found.experiment_id
@@ -160,10 +163,7 @@ def register(
         "pandas",
         f"autoside=={__version__}",
     ]
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    with _mlflow_uris(tracking_uri):
         with tempfile.TemporaryDirectory() as tmp:
             code = Path(tmp) / "autoside_pyfunc.py"
             code.write_text(_CODE)
@@ -177,17 +177,28 @@ def register(
                 artifacts["backbone_checkpoint"] = str(Path(backbone_checkpoint).resolve())
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}", tags=tags or {}):
                 mlflow.log_dict(info, "side_config.json")
-                with warnings.catch_warnings():
-                    # mlflow suggests type hints on predict; inputs here are too varied (arrays, frames of files).
-                    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
-                    logged = mlflow.pyfunc.log_model(
-                        name="side_network_model",
-                        python_model=str(code),
-                        artifacts=artifacts,
-                        pip_requirements=requirements,
-                        registered_model_name=name,
-                    )
-        return client.get_model_version(name, logged.registered_model_version)
+                logged = mlflow.pyfunc.log_model(
+                    name="side_network_model",
+                    python_model=str(code),
+                    artifacts=artifacts,
+                    pip_requirements=requirements,
+                    registered_model_name=name,
+                )
+    return client.get_model_version(name, logged.registered_model_version)
+
+
+@contextlib.contextmanager
+def _mlflow_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri`` (``log_model`` only uses those), then put
+    back exactly what was there, including "not set" (so MLflow's defaults and environment variables apply again)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved

@@ -1,0 +1,338 @@
+"""``autoside export`` / ``autoside predict`` / ``--register`` end to end on a small search written by the real trial
+code (:func:`autoside.trainable.execute_trial`, without Ray): digits, the offline EfficientNet-Lite0 at 32 px."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import autoside
+from autoside.cli import main
+from autoside.export import CONFIG_NAME
+
+NAME = "digits-mix"
+PARAMS = [
+    {"family": "linear", "linear/dropout": 0.0},
+    {"family": "full"},
+    {"family": "linear", "linear/dropout": 0.5},
+]
+
+
+@pytest.fixture(scope="module")
+def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoside import tracking
+    from autoside.recipe import recipe_from_dict
+    from autoside.results import SEARCH_FILE
+    from autoside.space import space_from_dict
+    from autoside.trainable import TrialContext, execute_trial, result_record, write_json_atomic
+
+    root = tmp_path_factory.mktemp("runs")
+    space = space_from_dict(
+        {
+            "name": "mix",
+            "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.5}}, "full": {}},
+        }
+    )
+    recipe = recipe_from_dict(
+        {
+            "name": "tiny",
+            "dataset": {"name": "digits", "train_size": 64, "val_size": 32, "test_size": 64},
+            "backbone": {"name": "tf_efficientnet_lite0"},
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "lr": 0.01,
+            "warmup_epochs": 0.5,
+            "device": "cpu",
+            "threads": 1,
+        }
+    )
+    uri = tracking.default_tracking_uri(root)
+    experiment_id, parent = tracking.start_parent(uri, root, NAME, params={}, tags={}, artifacts={})
+    meta = {
+        "name": NAME,
+        "status": "finished",
+        "space": space.to_dict(),
+        "recipe": recipe.to_dict(),
+        "options": {"objectives": ["accuracy", "memory"]},
+        "budget_bytes": None,
+        "tracking_uri": uri,
+    }
+    (root / NAME).mkdir()
+    (root / NAME / SEARCH_FILE).write_text(json.dumps(meta))
+    ctx = TrialContext(
+        name=NAME,
+        search_dir=str(root / NAME),
+        space=space.to_dict(),
+        recipe=recipe.to_dict(),
+        budget_bytes=None,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+    )
+    for number, params in enumerate(PARAMS):
+        record = execute_trial(ctx, number, params)
+        assert record["status"] == "ok", record
+    # A trial that did not fit: no weights.
+    write_json_atomic(
+        root / NAME / "trials" / "0003" / "result.json",
+        result_record(
+            number=3,
+            params={"family": "full"},
+            config={"family": "full", "version": 1},
+            status="infeasible",
+            metrics={"val_accuracy": 0.0, "peak_memory_bytes": 10**12},
+            mlflow_run_id=None,
+            reason="over budget",
+        ),
+    )
+    return root
+
+
+def _search(root: Path):  # noqa: ANN202
+    from autoside.results import open_search
+
+    return open_search(NAME, root=root)
+
+
+def _export(root: Path, out: Path, *args: str) -> int:
+    return main(["export", NAME, str(out), "--root", str(root), *args])
+
+
+def _exported_trial(out: Path) -> str:
+    return json.loads((out / CONFIG_NAME).read_text())["extra"]["trial_id"]
+
+
+def test_export_trial_fresh_process(search_root: Path, tmp_path: Path) -> None:
+    """Acceptance: the export, loaded in a new interpreter, gives the trial model's logits and its test accuracy."""
+    search = _search(search_root)
+    record = search.trial(0)
+    assert _export(search_root, tmp_path / "out", "--trial", "0") == 0
+    trial_model = autoside.load(record.artifact_dir)  # the weights the trial itself saved
+    from autoside.data import load_task
+
+    task = load_task(search.recipe.dataset)
+    images = task.test.images[:32]
+    with torch.no_grad():
+        torch.save({"images": images, "logits": trial_model(trial_model.preprocess(images))}, tmp_path / "ref.pt")
+    script = textwrap.dedent(f"""
+        import torch, autoside
+        from autoside.data import load_task
+        from autoside.recipe import recipe_from_dict
+        from autoside.train import evaluate
+        torch.set_num_threads(1)
+        ref = torch.load({str(tmp_path / "ref.pt")!r})
+        model = autoside.load({str(tmp_path / "out")!r})
+        with torch.no_grad():
+            assert torch.equal(model(model.preprocess(ref["images"])), ref["logits"])
+        recipe = recipe_from_dict(model.info["extra"]["recipe"])
+        acc = evaluate(model.sidenet, load_task(recipe.dataset).test, model.preprocess,
+                       batch_size=recipe.eval_batch_size, device=torch.device("cpu"))
+        print(acc, model.metrics["test_accuracy"])
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc, reported = map(float, proc.stdout.split())
+    assert acc == reported == record.metrics["test_accuracy"]
+    info = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
+    assert info["extra"]["params"] == PARAMS[0] and info["extra"]["selected_by"] == "trial 0000"
+    assert info["metrics"]["peak_memory_bytes"] == record.metrics["peak_memory_bytes"]
+    assert info["metrics"]["device"] and info["backbone"]["sha256"] and info["classes"] == list(task.classes)
+    assert "peak training memory" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("trial", ["1", "0002"])
+def test_export_every_family_of_the_search(search_root: Path, tmp_path: Path, trial: str) -> None:
+    assert _export(search_root, tmp_path / "out", "--trial", trial) == 0
+    record = _search(search_root).trial(int(trial))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(autoside.load(tmp_path / "out")(x), autoside.load(record.artifact_dir)(x))
+
+
+def test_budget_picks_most_accurate_that_fits(search_root: Path, tmp_path: Path) -> None:
+    trials = [r for r in _search(search_root).trials if r.status == "ok"]
+    budget = sorted(r.memory for r in trials)[-1] - 1  # everything but the largest
+    fits = [r for r in trials if r.memory <= budget]
+    best = min(fits, key=lambda r: (-r.accuracy, r.memory, r.trial_id))
+    assert _export(search_root, tmp_path / "out", "--budget", str(budget)) == 0
+    assert _exported_trial(tmp_path / "out") == best.trial_id
+
+
+def test_knee_is_deterministic(search_root: Path, tmp_path: Path) -> None:
+    from autoside.pareto import knee_point
+
+    search = _search(search_root)
+    expected = knee_point(search.pareto).trial_id
+    assert _export(search_root, tmp_path / "a", "--knee") == 0
+    assert _export(search_root, tmp_path / "b", "--knee") == 0
+    assert _exported_trial(tmp_path / "a") == _exported_trial(tmp_path / "b") == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trial", "42"], "has no trial '42' (finished trials: 0000, 0001, 0002)"),
+        (["--trial", "3"], "trial 0003 of search 'digits-mix' is infeasible: over budget"),
+        (["--budget", "1KiB"], "no trial of search 'digits-mix' fits in 1 KiB; the smallest finished trial needs"),
+        (["--budget", "lots"], "--budget: cannot read 'lots' as a size"),
+    ],
+)
+def test_bad_choices(
+    search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    assert _export(search_root, tmp_path / "out", *args) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_search(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", "nope", str(tmp_path / "out"), "--trial", "0", "--root", str(tmp_path)]) == 1
+    assert "no search named 'nope'" in capsys.readouterr().err
+
+
+def test_existing_out_dir_needs_force(search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "out").mkdir()
+    assert _export(search_root, tmp_path / "out", "--trial", "0") == 1
+    assert "already exists" in capsys.readouterr().err
+    assert _export(search_root, tmp_path / "out", "--trial", "0", "--force") == 0
+    assert _exported_trial(tmp_path / "out") == "0000"
+
+
+def _copy_search(search_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    shutil.copytree(search_root / NAME, root / NAME)
+    return root
+
+
+def test_replay_mismatch_refused(search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _copy_search(search_root, tmp_path)
+    result = root / NAME / "trials" / "0002" / "result.json"
+    data = json.loads(result.read_text())
+    data["params"]["linear/dropout"] = 0.0  # parameters that no longer give the recorded config
+    result.write_text(json.dumps(data))
+    assert _export(root, tmp_path / "out", "--trial", "2") == 1
+    assert "does not give the config it trained" in capsys.readouterr().err
+
+
+def test_weights_from_mlflow_when_trial_folder_is_gone(search_root: Path, tmp_path: Path) -> None:
+    root = _copy_search(search_root, tmp_path)
+    shutil.rmtree(root / NAME / "trials" / "0000" / "side_network")
+    assert _export(root, tmp_path / "out", "--trial", "0") == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            autoside.load(tmp_path / "out")(x),
+            autoside.load(search_root / NAME / "trials" / "0000" / "side_network")(x),
+        )
+
+
+def test_edited_trial_weights_refused(search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _copy_search(search_root, tmp_path)
+    weights = root / NAME / "trials" / "0000" / "side_network" / "side_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert _export(root, tmp_path / "out", "--trial", "0") == 1
+    assert "truncated, edited" in capsys.readouterr().err
+
+
+def _pngs(tmp_path: Path, n: int = 3) -> list[str]:
+    from PIL import Image
+
+    from autoside.data import load_task
+    from autoside.recipe import recipe_from_dict
+
+    task = load_task(recipe_from_dict({"dataset": {"name": "digits", "train_size": 64, "val_size": 32}}).dataset)
+    files = []
+    for i in range(n):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(task.test.images[i, 0].numpy()).save(path)
+        files.append(str(path))
+    return files
+
+
+def test_predict_command(search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _export(search_root, tmp_path / "out", "--trial", "0") == 0
+    files = _pngs(tmp_path)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "out"), *files, "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith(files[0]) and lines[0].count(",") == 2
+    assert main(["predict", str(tmp_path / "out"), *files, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    model = autoside.load(tmp_path / "out")
+    from autoside.predict import read_images
+
+    top = model.topk(read_images(files, 32), k=5)
+    assert [[d["label"] for d in r["top_k"]] for r in rows] == [[label for label, _ in t] for t in top]
+    assert main(["predict", str(tmp_path / "out"), str(tmp_path / "missing.png")]) == 1
+    assert "image file not found" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nowhere"), *files]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_register_and_load_from_registry(search_root: Path, tmp_path: Path) -> None:
+    import base64
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    out = tmp_path / "out"
+    assert _export(search_root, out, "--trial", "0", "--register", "digits-linear", "--tracking-uri", uri) == 0
+    files = _pngs(tmp_path)
+    model = autoside.load(out)
+    from autoside.predict import read_images
+
+    batch = read_images(files, 32)
+    expected = [t[0][0] for t in model.topk(batch, k=1)]
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model("models:/digits-linear/1")
+        from_array = pyfunc.predict(batch.permute(0, 2, 3, 1).numpy())
+        frame = pd.DataFrame({"image": [base64.b64encode(Path(f).read_bytes()).decode() for f in files]})
+        from_files = pyfunc.predict(frame)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(from_array["label"]) == expected == list(from_files["label"])
+    assert np.allclose(np.stack(from_array["probabilities"]).sum(-1), 1.0, atol=1e-5)
+    # The MLflow CLI, in this environment (no conda or virtualenv is created).
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": batch.permute(0, 2, 3, 1).tolist()}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "predict",
+            "-m",
+            "models:/digits-linear/1",
+            "-i",
+            str(tmp_path / "input.json"),
+            "-t",
+            "json",
+            "--env-manager",
+            "local",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [row["label"] for row in json.loads(proc.stdout.strip().splitlines()[-1])["predictions"]] == expected
