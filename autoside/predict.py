@@ -98,9 +98,11 @@ def spec_from_info(info: dict[str, Any]) -> BackboneSpec:
 
 
 def _check_architecture(actual: BackboneSpec, saved: BackboneSpec) -> None:
+    from autoside.config import to_dict
+
     for name in _ARCH_FIELDS:
         a, s = getattr(actual, name), getattr(saved, name)
-        if a != s:
+        if to_dict(a) != to_dict(s):  # compared as JSON data: tuples saved as lists are the same
             raise ConfigError(
                 f"backbone.{name}: the given backbone has {a!r}, the export was trained on {s!r} "
                 f"({saved.name}); build it with autoside.create_backbone({saved.name!r}, image_size={saved.image_size})"

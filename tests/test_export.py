@@ -18,25 +18,32 @@ from autoside.backbones import Backbone, create_backbone
 from autoside.errors import AutosideError, ConfigError, WeightsError
 from autoside.export import CONFIG_NAME, WEIGHTS_NAME, ExportError, save_pretrained
 from autoside.predict import ExportedSideNet, as_batch, read_images
-from autoside.sidenets import SideNet, create_sidenet, list_families
+from autoside.sidenets import SideNet, create_sidenet, list_sidenets
 
-# Tiny random-weight backbones, tried in order until one suits the family (ViT families, then CNN families).
-TINY_BACKBONES = ("vit_tiny_patch16_224", "resnet10t")
 NUM_CLASSES = 5
 SEED = 0
 
 
-def _backbone(name: str, seed: int = SEED) -> Backbone:
+def _backbone(name: str = "vit_tiny_patch16_224", seed: int = SEED) -> Backbone:
+    """A random-weight backbone built by name (what a recipe with ``weights: random`` builds)."""
     torch.manual_seed(seed)
     return create_backbone(name, weights="random", image_size=32)
 
 
-def _build(family: str) -> tuple[SideNet, str]:
-    """The family on the first tiny backbone it accepts, with its side weights moved off their initial values."""
+def _tiny(layout: str, seed: int = SEED) -> Backbone:
+    from autoside.testing import tiny_backbone
+
+    torch.manual_seed(seed)
+    return tiny_backbone(layout)
+
+
+def _build(name: str) -> tuple[SideNet, str]:
+    """A family or preset on the first tiny random backbone it accepts, with its side weights moved off their
+    initial values (so that loading them is visible in the logits)."""
     errors = []
-    for name in TINY_BACKBONES:
+    for layout in ("vit", "swin", "cnn"):
         try:
-            model = create_sidenet(family, _backbone(name), NUM_CLASSES)
+            model = create_sidenet(name, _tiny(layout), NUM_CLASSES)
         except ConfigError as exc:
             errors.append(str(exc))
             continue
@@ -44,8 +51,8 @@ def _build(family: str) -> tuple[SideNet, str]:
             gen = torch.Generator().manual_seed(1)
             for p in model.side_parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        return model.eval(), name
-    pytest.fail(f"family {family!r} accepts none of {TINY_BACKBONES}: {errors}")
+        return model.eval(), layout
+    pytest.fail(f"side network {name!r} accepts no tiny backbone: {errors}")
 
 
 def _images(n: int = 4) -> torch.Tensor:
@@ -54,7 +61,7 @@ def _images(n: int = 4) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def linear_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SideNet]:
-    model, _ = _build("linear")
+    model = create_sidenet("linear", _backbone(), NUM_CLASSES).eval()
     out = save_pretrained(
         model,
         tmp_path_factory.mktemp("exports") / "linear",
@@ -64,13 +71,15 @@ def linear_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SideN
     return out, model
 
 
-@pytest.mark.parametrize("family", list_families())
-def test_roundtrip_every_family(family: str, tmp_path: Path) -> None:
-    model, backbone_name = _build(family)
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("name", list_sidenets())
+def test_roundtrip_every_family(name: str, tmp_path: Path) -> None:
+    model, layout = _build(name)
+    family = model.config.family
+    size = model.backbone.spec.image_size
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x)
-    out = save_pretrained(model, tmp_path / family, metrics={"test_accuracy": 0.25})
+    out = save_pretrained(model, tmp_path / name, metrics={"test_accuracy": 0.25})
     assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
@@ -82,24 +91,26 @@ def test_roundtrip_every_family(family: str, tmp_path: Path) -> None:
     assert meta["family"] == family
     assert any(k.startswith("backbone.") for k in keys) == (not model.backbone.frozen)
     info = json.loads((out / CONFIG_NAME).read_text())
-    assert info["config"] == model.config.to_dict()
-    assert info["backbone"]["timm_model"] == backbone_name
-    assert info["backbone"]["data_config"]["input_size"] == [3, 32, 32]
+    assert info["family"] == family and info["config"] == model.config.to_dict()
+    assert info["backbone"]["timm_model"] == model.backbone.spec.timm_model
+    assert info["backbone"]["data_config"]["input_size"] == [3, size, size]
     assert info["metrics"]["trainable_params"] == model.num_trainable()
     assert {"torch", "timm", "python", "autoside"} <= set(info["versions"])
 
-    loaded = autoside.load(out, backbone=_backbone(backbone_name))
+    loaded = autoside.load(out, backbone=_tiny(layout))
     assert isinstance(loaded, ExportedSideNet) and not loaded.training and not loaded.sidenet.training
     assert type(loaded.sidenet) is type(model) and loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
     if model.backbone.frozen:
         assert all(not p.requires_grad for p in loaded.backbone.parameters())
+        with pytest.raises(WeightsError, match="hashing to"):
+            autoside.load(out, backbone=_tiny(layout, seed=SEED + 1))
 
 
 def test_full_family_needs_no_backbone(tmp_path: Path) -> None:
     """``full`` saves its backbone weights, so even a random-weight backbone loads from the export alone."""
-    model, _ = _build("full")
+    model = create_sidenet("full", _backbone("resnet10t"), NUM_CLASSES).eval()
     x = torch.randn(2, 3, 32, 32)
     out = save_pretrained(model, tmp_path / "full")
     with torch.no_grad():
