@@ -153,4 +153,7 @@ def _load_commands() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m autoside.cli`` this file is ``__main__``; commands register on ``autoside.cli``.
+    from autoside.cli import main as _main
+
+    sys.exit(_main())

@@ -265,7 +265,6 @@ class Progress:
     def __init__(self, state: DriverState) -> None:
         self.state = state
         self.running: set[str] = set()
-        self.stream = sys.stdout
 
     def start(self) -> None:
         s = self.state
@@ -276,7 +275,7 @@ class Progress:
 
     def print(self, line: str) -> None:
         if self.state.opts.progress:
-            print(line, file=self.stream, flush=True)
+            print(line, file=sys.stdout, flush=True)  # looked up per call: the Tuner pickles this object
 
     def callback(self):  # noqa: ANN201 - a ray.tune.Callback
         from ray.tune import Callback

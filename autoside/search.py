@@ -113,7 +113,7 @@ def search(space: Any = None, recipe: Any = None, **options: Any) -> SearchResul
         raise ConfigError(f"search {name!r} already exists in {opts.root}; continue it with --resume {name} or "
                           f"choose another --name")
     recipe = replace(recipe, memory_budget=budget)
-    _check_budget_fits(space, recipe, budget)
+    _preflight(space, recipe, budget)
     tracking_uri = opts.tracking_uri or _default_uri(opts.root)
     meta = {"name": name, "status": "starting", "space": space.to_dict(), "recipe": recipe.to_dict(),
             "options": {**asdict(replace(opts, name=name)), "objectives": list(opts.objectives)},
@@ -144,15 +144,17 @@ def _default_uri(root: str) -> str:
     return default_tracking_uri(Path(root))
 
 
-def _check_budget_fits(space: Any, recipe: Any, budget: int | None) -> None:
-    """Refuse, before anything starts, a budget below what every configuration of the space needs."""
-    if budget is None:
-        return
+def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
+    """Before anything starts: the space must suit the backbone, and the budget must be above what every
+    configuration needs (the frozen backbone's weights and one input batch are resident in every trial)."""
     from autoside.backbones import create_backbone
 
     backbone = create_backbone(recipe.backbone.name, weights=recipe.backbone.weights,
                                checkpoint=recipe.backbone.checkpoint, image_size=recipe.image_size,
                                download=recipe.backbone.download)
+    space.check_backbone(backbone.spec)
+    if budget is None:
+        return
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
     batch = recipe.batch_size * 3 * backbone.spec.image_size**2 * 4
     need = state + batch

@@ -116,6 +116,17 @@ class SearchSpace:
             out["description"] = self.description
         return out
 
+    def check_backbone(self, spec: Any) -> None:
+        """Reject, before a search starts, knob ranges the backbone cannot take (e.g. a rank above its width, a
+        block index past its depth, a ViT-only family on a CNN): the corner configs of every family are checked
+        with the family's own ``check_backbone``."""
+        problems: list[str] = []
+        for fam in self.families:
+            _check_corners(fam, problems, spec=spec)
+        if problems:
+            joined = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+            raise ConfigError(f"search space {self.name!r} on backbone {spec.name!r}: {joined}")
+
     def size_hint(self) -> str:
         return ", ".join(f"{f.family} ({len(f.params)} knobs)" for f in self.families)
 
@@ -226,7 +237,7 @@ def _param(knob: str, spec: dict[str, Any], where: str, problems: list[str]) -> 
                  step=None if step is None else (float(step) if kind == "float" else int(step)))
 
 
-def _check_corners(fam: FamilySpace, problems: list[str]) -> None:
+def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None) -> None:
     """Build the family's config at the ends of every range (and each choice) so that a knob value the family
     itself rejects (its ``__post_init__``) fails now, not in the middle of a search."""
     config_class = get_family(fam.family).config_class
@@ -235,7 +246,9 @@ def _check_corners(fam: FamilySpace, problems: list[str]) -> None:
     for combo in combos:
         kwargs = {**fam.fixed, **{p.name: v for p, v in zip(fam.params, combo)}}
         try:
-            config_class.from_dict(kwargs, field=f"families.{fam.family}")
+            config = config_class.from_dict(kwargs, field=f"families.{fam.family}")
+            if spec is not None:
+                config.check_backbone(spec)
         except ConfigError as exc:
             message = str(exc)
             if not message.startswith(f"families.{fam.family}"):
