@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/autoside demo
+	$(VENV)/bin/autoside search search_spaces/demo.yaml trials/demo.yaml --num-samples 10 --max-concurrent 2 \
+		--name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -213,6 +213,8 @@ def _env() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray runs workers at niceness 15; trials are the work here, and must not lose the CPU to everything else.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     for name in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication.authentication_token_setup",
                  "ray.tune.tune", "ray.tune.impl.tuner_internal"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from autoside.errors import AutosideError
-from autoside.pareto import (dominates, hypervolume, knee_point, non_dominated, pareto_front, plot,
-                             search_hypervolume, select_by_budget)
+from autoside.pareto import (
+    dominates,
+    hypervolume,
+    knee_point,
+    non_dominated,
+    pareto_front,
+    plot,
+    search_hypervolume,
+    select_by_budget,
+)
 
 
 @dataclass
