@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import io
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,10 @@ mlflow.models.set_model(SideNetworkPyfunc())
 
 class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the export with :func:`autoside.load` and classifies batches of images."""
+
+    # Inputs are too varied (arrays, frames of encoded images or paths) for a type hint; without this mlflow warns
+    # about the missing hint on every import.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:  # noqa: ANN001 - mlflow's PythonModelContext
         import autoside
@@ -163,6 +168,7 @@ def register(
         "pandas",
         f"autoside=={__version__}",
     ]
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with _mlflow_uris(tracking_uri):
         with tempfile.TemporaryDirectory() as tmp:
             code = Path(tmp) / "autoside_pyfunc.py"
