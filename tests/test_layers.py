@@ -106,3 +106,18 @@ def test_get_act_layer() -> None:
     assert get_act_layer("gelu") is torch.nn.GELU and get_act_layer(torch.nn.ReLU) is torch.nn.ReLU
     with pytest.raises(ValueError, match="unknown activation"):
         get_act_layer("nope")
+
+
+def test_mixer_recompute_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    fast = LowRankMixer(8, 5, channel_rank=2, token_rank=3, depth=2, recompute=False)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.normal_()
+    lean = LowRankMixer(8, 5, channel_rank=2, token_rank=3, depth=2, recompute=True)
+    lean.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 5, 8)
+    fast(x).square().sum().backward()
+    lean(x).square().sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), lean.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name

@@ -4,7 +4,8 @@ A *channel mixer* applies ``d -> r_c -> d`` to every token; a *token mixer* appl
 (mixing information across tokens). Each is pre-norm (LayerNorm over channels) with a residual connection. A
 :class:`LowRankMixer` stacks ``depth`` mixer blocks, each made of the chosen components in the chosen order, and returns
 only the *residual update* ``mixer(x) - x`` (accumulated directly, not by subtraction): side networks add it to a
-state they own. Every output projection starts at zero, so the update is zero at initialisation.
+state they own. Every output projection starts at zero, so the update is zero at initialisation. By default each branch
+recomputes its LayerNorm in backward instead of keeping the normalised tokens (same result, about half the memory).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from autoside.layers.lowrank import LowRankMLP
 
@@ -20,28 +22,55 @@ MixerOrder = Literal["token_first", "channel_first"]
 MixerComponents = Literal["both", "channel", "token"]
 
 
-class ChannelMixer(nn.Module):
+class _MixerBranch(nn.Module):
+    """Pre-norm low-rank MLP branch; with ``recompute`` the LayerNorm output is recomputed in backward.
+
+    The normalised ``(B, N, d)`` tensor would otherwise be kept for the down-projection's weight gradient: recomputing
+    it (a LayerNorm and a thin matmul) keeps only the branch input and the rank-sized hidden state, which halves LoSA's
+    activation memory without changing the result.
+    """
+
+    def __init__(self, dim: int, features: int, rank: int, act_layer: str, recompute: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = LowRankMLP(features, rank, act_layer=act_layer)
+        self.recompute = recompute
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _up(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp.up(self.mlp.act(hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            hidden = checkpoint(self._down, x, use_reentrant=False)
+        else:
+            hidden = self._down(x)
+        return self._up(hidden)
+
+
+class ChannelMixer(_MixerBranch):
     """``LN -> d -> r_c -> d`` over channels (the update only; the caller adds the residual)."""
 
-    def __init__(self, dim: int, rank: int, act_layer: str = "gelu") -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.mlp = LowRankMLP(dim, rank, act_layer=act_layer)
+    def __init__(self, dim: int, rank: int, act_layer: str = "gelu", recompute: bool = True) -> None:
+        super().__init__(dim, dim, rank, act_layer, recompute)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(x))
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp.down(self.norm(x))
 
 
-class TokenMixer(nn.Module):
+class TokenMixer(_MixerBranch):
     """``LN -> N -> r_t -> N`` over tokens, for a fixed number of tokens ``num_tokens`` (the update only)."""
 
-    def __init__(self, dim: int, num_tokens: int, rank: int, act_layer: str = "gelu") -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.mlp = LowRankMLP(num_tokens, rank, act_layer=act_layer)
+    def __init__(self, dim: int, num_tokens: int, rank: int, act_layer: str = "gelu", recompute: bool = True) -> None:
+        super().__init__(dim, num_tokens, rank, act_layer, recompute)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(x).transpose(1, 2)).transpose(1, 2)
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp.down(self.norm(x).transpose(1, 2))
+
+    def _up(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super()._up(hidden).transpose(1, 2)
 
 
 class LowRankMixer(nn.Module):
@@ -58,6 +87,7 @@ class LowRankMixer(nn.Module):
         order: MixerOrder = "token_first",
         components: MixerComponents = "both",
         act_layer: str = "gelu",
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -69,9 +99,9 @@ class LowRankMixer(nn.Module):
         for _ in range(depth):
             for kind in kinds:
                 layers.append(
-                    TokenMixer(dim, num_tokens, token_rank, act_layer)
+                    TokenMixer(dim, num_tokens, token_rank, act_layer, recompute)
                     if kind == "token"
-                    else ChannelMixer(dim, channel_rank, act_layer)
+                    else ChannelMixer(dim, channel_rank, act_layer, recompute)
                 )
         self.layers = nn.ModuleList(layers)
 

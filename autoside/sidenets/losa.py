@@ -20,9 +20,9 @@ paper leaves open into a config choice (the defaults are marked *):
   ``mixer_order`` (* token first, as in MLP-Mixer) with ``mixer_components`` (* both; or channel / token only). The
   paper does not say how the mixers are initialised; their output projections start at zero here, so the side network
   starts as the identity on the backbone's features (``h = 0``), like LoRA's ``B = 0``.
-* The prediction comes from the refined last feature ``b_L + h_L``: a LayerNorm initialised from the backbone's final
-  norm (a trainable copy, so no gradient passes through a backbone module), pooling (``pool``: * the CLS token, or the
-  mean of the patch tokens), dropout and a Linear head.
+* The prediction comes from the refined last feature ``b_L + h_L``: pooling (``pool``: * the CLS token, or the mean of
+  the patch tokens), a LayerNorm initialised from the backbone's final norm (a trainable copy, so no gradient passes
+  through a backbone module), dropout and a Linear head.
 """
 
 from __future__ import annotations
@@ -168,11 +168,12 @@ class LoSA(SideNet):
             z = b if h is None or self.config.update == "independent" else b + h
             update = self.mixers[str(i)](z)
             h = update if h is None else h + update
-        last = feats[self.backbone.spec.num_taps - 1]
-        tokens = self.norm(last + h)
+        tokens = feats[self.backbone.spec.num_taps - 1] + h
         prefix = self.backbone.spec.num_prefix_tokens
+        # Pool, then normalise: the same as the backbone's norm-then-CLS for CLS pooling, and the fc_norm order of
+        # timm's average-pooled ViTs (and of DTL's head) for the mean; the norm then never sees the full token map.
         pooled = tokens[:, 0] if self.config.pool == "cls" else tokens[:, prefix:].mean(dim=1)
-        return self.head(self.drop(pooled))
+        return self.head(self.drop(self.norm(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.side(self.features(x))

@@ -1,0 +1,178 @@
+"""Peak training memory of every side-network family against full fine-tuning, on one backbone, batch and input.
+
+Each row trains its side network for ``--steps`` real steps (AdamW, ``zero_grad(set_to_none=True)``, forward,
+backward, optimizer step) under :class:`autoside.memory.MemoryMeter` and reports what the meter measured: the peak of
+live tensor bytes (parameters, gradients, optimizer state, tensors saved for backward, transients) on any device, and
+on CUDA also the allocator peak. Ratios are to the ``full`` row measured in the same run. Families that do not apply
+to the backbone (e.g. DTL on a CNN) are listed with the reason and skipped.
+
+    python benchmarks/memory_vs_full.py                       # vit_base_patch16_224, 224 px, batch 32
+    python benchmarks/memory_vs_full.py --backbone vit12_fmnist --image-size 28 --batch-size 64 --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Rows besides the registered families at their defaults: DTL+ is DTL with a depthwise fusion kernel.
+EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [("dtl+ (k=3)", "dtl", {"kernel_size": 3})]
+
+
+@dataclass
+class Row:
+    label: str
+    trainable: int | None = None
+    peak: int | None = None
+    saved: int | None = None
+    cuda_peak: int | None = None
+    step_s: float | None = None
+    note: str = ""
+
+
+def measure(label: str, name: str, options: dict[str, Any], args: argparse.Namespace, device: torch.device) -> Row:
+    from autoside.backbones import create_backbone
+    from autoside.errors import ConfigError
+    from autoside.memory import MemoryMeter
+    from autoside.sidenets import create_sidenet
+    from autoside.train import param_groups
+
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone, weights=args.weights, image_size=args.image_size)
+    try:
+        model = create_sidenet(name, backbone, num_classes=args.num_classes, **options)
+    except ConfigError as exc:
+        return Row(label, note=f"skipped: {exc}")
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+    size = backbone.spec.image_size
+    images = torch.randn(args.batch_size, 3, size, size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    amp = args.amp and device.type == "cuda"
+    times = []
+    with MemoryMeter(device) as meter:
+        meter.register_model(model)
+        meter.register(images, labels)
+        for _ in range(args.steps):
+            tic = time.perf_counter()
+            meter.step()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - tic)
+    report = meter.report()
+    row = Row(
+        label,
+        trainable=model.num_trainable(include_head=False),
+        peak=report.tracked_peak_bytes,
+        saved=report.saved_activation_bytes,
+        cuda_peak=report.cuda_peak_bytes,
+        step_s=min(times),
+    )
+    del model, optimizer, backbone, images, labels
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def rows_to_plan() -> list[tuple[str, str, dict[str, Any]]]:
+    from autoside.sidenets import list_families
+
+    families = list_families()
+    plan = [("full", "full", {})] + [(f, f, {}) for f in families if f != "full"]
+    return plan + [row for row in EXTRA_ROWS if row[1] in families]
+
+
+def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple[Any, str]:
+    from rich.table import Table
+
+    from autoside.units import format_bytes
+
+    full = next((r for r in rows if r.label == "full" and r.peak), None)
+    cuda = any(r.cuda_peak for r in rows)
+    headers = ["side network", "trainable (no head)", "peak (live tensors)", "x full", "saved activations"]
+    headers += ["CUDA allocator peak", "x full"] if cuda else []
+    headers += ["s / step", "note"]
+    title = (
+        f"{args.backbone} ({args.weights} weights), {args.image_size} px, batch {args.batch_size}, "
+        f"{'bf16 autocast' if args.amp and cuda else 'fp32'}, {device_name}"
+    )
+    table = Table(title=f"Training memory vs full fine-tuning: {title}")
+    for h in headers:
+        table.add_column(h, justify="left" if h in ("side network", "note") else "right")
+    lines = [f"**{title}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        if r.peak is None:
+            cells = [r.label] + ["-"] * (len(headers) - 2) + [r.note]
+        else:
+            cells = [
+                r.label,
+                f"{r.trainable:,}",
+                format_bytes(r.peak),
+                f"{r.peak / full.peak:.3f}" if full else "-",
+                format_bytes(r.saved),
+            ]
+            if cuda:
+                cells += [format_bytes(r.cuda_peak), f"{r.cuda_peak / full.cuda_peak:.3f}" if full else "-"]
+            cells += [f"{r.step_s:.2f}", r.note]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    return table, "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="vit_base_patch16_224")
+    parser.add_argument(
+        "--weights",
+        default="random",
+        choices=["random", "pretrained"],
+        help="memory does not depend on the weights; random needs no download",
+    )
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=2, help="training steps per row (the peak covers all of them)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (fp32 otherwise)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--only", nargs="*", help="row labels to run (default: all; full always runs)")
+    parser.add_argument("--markdown", help="also write the table as Markdown to this file")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from autoside.memory import _cpu_name
+    from autoside.train import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    console = Console(width=None if Console().is_terminal else 160)
+    rows = []
+    for label, name, options in rows_to_plan():
+        if args.only and label != "full" and label not in args.only:
+            continue
+        console.print(f"measuring {label} ...")
+        rows.append(measure(label, name, options, args, device))
+    table, markdown = render(rows, args, device_name)
+    console.print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown)
+
+
+if __name__ == "__main__":
+    main()
