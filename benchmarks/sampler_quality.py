@@ -110,6 +110,8 @@ def run_sampler(name: str, seed: int, trials: int, table: dict, budget: int) -> 
 def main() -> None:
     import warnings
 
+    from autoside.pareto import search_hypervolume
+
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=15)
