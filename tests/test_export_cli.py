@@ -15,8 +15,11 @@ import pytest
 import torch
 
 import autoside
+from autoside.backbones import create_backbone
 from autoside.cli import main
+from autoside.errors import ConfigError, WeightsError
 from autoside.export import CONFIG_NAME
+from autoside.sidenets import list_families
 
 NAME = "digits-mix"
 PARAMS = [
@@ -26,60 +29,65 @@ PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+RECIPE = {
+    "name": "tiny",
+    "dataset": {"name": "digits", "train_size": 64, "val_size": 32, "test_size": 64},
+    "backbone": {"name": "tf_efficientnet_lite0"},
+    "image_size": 32,
+    "epochs": 1,
+    "batch_size": 16,
+    "lr": 0.01,
+    "warmup_epochs": 0.5,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[dict]) -> list[dict]:
+    """A search folder as ``autoside search`` leaves it, with each trial run by the real trial code (no Ray)."""
     from autoside import tracking
     from autoside.recipe import recipe_from_dict
     from autoside.results import SEARCH_FILE
     from autoside.space import space_from_dict
-    from autoside.trainable import TrialContext, execute_trial, result_record, write_json_atomic
+    from autoside.trainable import TrialContext, execute_trial
 
-    root = tmp_path_factory.mktemp("runs")
-    space = space_from_dict(
-        {
-            "name": "mix",
-            "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.5}}, "full": {}},
-        }
-    )
-    recipe = recipe_from_dict(
-        {
-            "name": "tiny",
-            "dataset": {"name": "digits", "train_size": 64, "val_size": 32, "test_size": 64},
-            "backbone": {"name": "tf_efficientnet_lite0"},
-            "image_size": 32,
-            "epochs": 1,
-            "batch_size": 16,
-            "lr": 0.01,
-            "warmup_epochs": 0.5,
-            "device": "cpu",
-            "threads": 1,
-        }
-    )
+    space, recipe = space_from_dict(space).to_dict(), recipe_from_dict(recipe).to_dict()
     uri = tracking.default_tracking_uri(root)
-    experiment_id, parent = tracking.start_parent(uri, root, NAME, params={}, tags={}, artifacts={})
+    experiment_id, parent = tracking.start_parent(uri, root, name, params={}, tags={}, artifacts={})
     meta = {
-        "name": NAME,
+        "name": name,
         "status": "finished",
-        "space": space.to_dict(),
-        "recipe": recipe.to_dict(),
+        "space": space,
+        "recipe": recipe,
         "options": {"objectives": ["accuracy", "memory"]},
         "budget_bytes": None,
         "tracking_uri": uri,
     }
-    (root / NAME).mkdir()
-    (root / NAME / SEARCH_FILE).write_text(json.dumps(meta))
+    (root / name).mkdir(parents=True)
+    (root / name / SEARCH_FILE).write_text(json.dumps(meta))
     ctx = TrialContext(
-        name=NAME,
-        search_dir=str(root / NAME),
-        space=space.to_dict(),
-        recipe=recipe.to_dict(),
+        name=name,
+        search_dir=str(root / name),
+        space=space,
+        recipe=recipe,
         budget_bytes=None,
         tracking_uri=uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
     )
-    for number, params in enumerate(PARAMS):
-        record = execute_trial(ctx, number, params)
+    return [execute_trial(ctx, number, p) for number, p in enumerate(params)]
+
+
+@pytest.fixture(scope="module")
+def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoside.trainable import result_record, write_json_atomic
+
+    root = tmp_path_factory.mktemp("runs")
+    space = {
+        "name": "mix",
+        "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.5}}, "full": {}},
+    }
+    for record in make_search(root, NAME, space, RECIPE, PARAMS):
         assert record["status"] == "ok", record
     # A trial that did not fit: no weights.
     write_json_atomic(
@@ -95,6 +103,50 @@ def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     return root
+
+
+def _accepting_backbone(family: str) -> tuple[str, int]:
+    from autoside.sidenets import create_sidenet
+
+    # 64 px gives the tiny ViT 16 patch tokens, enough for the token ranks of the families' defaults.
+    for name, size in (("vit_tiny_patch16_224", 64), ("resnet10t", 32)):
+        try:
+            create_sidenet(family, create_backbone(name, weights="random", image_size=size), 3)
+            return name, size
+        except ConfigError:
+            continue
+    pytest.fail(f"family {family!r} accepts neither a tiny ViT nor a ResNet")
+
+
+@pytest.mark.parametrize("family", list_families())
+def test_export_command_every_family(family: str, tmp_path: Path) -> None:
+    """Every registered family goes through search -> export -> load, here on a random-weight backbone: the export
+    rebuilds it from the recipe's seed as the trial did, and loading it back needs that backbone passed in (except
+    for ``full``, whose export holds the backbone)."""
+    backbone, size = _accepting_backbone(family)
+    recipe = {**RECIPE, "backbone": {"name": backbone, "weights": "random"}, "image_size": size}
+    (record,) = make_search(
+        tmp_path / "runs", "fam", {"name": family, "families": {family: {}}}, recipe, [{"family": family}]
+    )
+    assert record["status"] == "ok", record
+    assert main(["export", "fam", str(tmp_path / "out"), "--trial", "0", "--root", str(tmp_path / "runs")]) == 0
+
+    def same_backbone():  # noqa: ANN202 - the recipe's seed gives the random backbone the trial had
+        torch.manual_seed(0)
+        return create_backbone(backbone, weights="random", image_size=size)
+
+    if json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["backbone_in_weights"]:
+        loaded = autoside.load(tmp_path / "out")
+    else:
+        with pytest.raises(WeightsError, match="random weights"):
+            autoside.load(tmp_path / "out")
+        loaded = autoside.load(tmp_path / "out", backbone=same_backbone())
+    trial = autoside.load(record["artifact_dir"], backbone=same_backbone())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trial(x))
+    assert loaded.config.to_dict() == record["config"]
+    assert loaded.metrics["test_accuracy"] == record["metrics"]["test_accuracy"]
 
 
 def _search(root: Path):  # noqa: ANN202
