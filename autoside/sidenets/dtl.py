@@ -125,6 +125,19 @@ class DTLConfig(SideConfig):
         return range(self.first_tap, last + 1), merge_from
 
 
+def _check_model_class(model: nn.Module, spec: BackboneSpec) -> None:
+    """DTL re-runs the backbone's forward block by block, which only follows timm's plain ViT and Swin layouts."""
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+
+    expected = VisionTransformer if spec.layout == "vit" else SwinTransformer
+    require(
+        isinstance(model, expected),
+        "family",
+        f"'dtl' supports timm's VisionTransformer and SwinTransformer; {spec.name!r} is {type(model).__name__}",
+    )
+
+
 def _stages(model: nn.Module, layout: str) -> list[tuple[nn.Module | None, list[nn.Module]]]:
     """(downsample, blocks) per stage; a ViT is a single stage without downsampling."""
     if layout == "vit":
@@ -142,6 +155,7 @@ class DTL(SideNet):
     def __init__(self, config: DTLConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         spec, model = backbone.spec, backbone.model
+        _check_model_class(model, spec)
         stages = _stages(model, spec.layout)
         depth = sum(len(blocks) for _, blocks in stages)
         config.check_depth(depth)
