@@ -151,3 +151,18 @@ def test_kernel_needs_a_patch_grid() -> None:
 def test_dtl_on_cnn_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"sidenet.family: 'dtl' needs a ViT or Swin backbone"):
         create_sidenet("dtl_vit_b16", tiny_backbone("cnn"), num_classes=3)
+
+
+def test_later_merge_saves_activation_memory() -> None:
+    from autoside.memory import MemoryMeter
+
+    saved = {}
+    for merge_from in (1, 12):
+        model = create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, merge_from=merge_from).train()
+        x, y = random_batch(model.backbone, batch_size=4, num_classes=3)
+        with MemoryMeter("cpu") as meter:
+            meter.register_model(model)
+            meter.step()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        saved[merge_from] = meter.report().saved_activation_bytes
+    assert saved[12] < saved[1] / 2
