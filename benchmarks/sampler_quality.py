@@ -27,7 +27,7 @@ SPACE = {
         "linear": {"dropout": {"type": "categorical", "choices": [0.0, 0.3]}},
         "full": {},
         "losa": {"channel_rank": {"type": "categorical", "choices": [4, 16, 64]},
-                 "token_rank": {"type": "categorical", "choices": [2, 8]},
+                 "token_rank": {"type": "categorical", "choices": [2, 4]},
                  "layer_stride": {"type": "categorical", "choices": [1, 3]}},
         "dtl": {"rank": {"type": "categorical", "choices": [1, 4, 16]},
                 "merge_from": {"type": "categorical", "choices": [1, 6, 12]},
