@@ -12,6 +12,7 @@ died: finished trials are kept, trials that were running are run again under the
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -223,3 +224,15 @@ def _env() -> None:
 
 
 _env()
+
+
+class _CallableModule(type(os)):
+    """``import autoside.search`` makes the package attribute ``autoside.search`` this module (Python binds a
+    submodule on its package after import), so the module itself forwards calls to :func:`search`: then
+    ``autoside.search(space, recipe, ...)`` works whatever was imported first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
