@@ -104,7 +104,10 @@ class AutosideOptunaSearch(OptunaSearch):
         if self.pending:
             frozen = self.pending.pop(0)
             ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
-            params = dict(frozen.params)
+            # A driver killed while the trial was being sampled leaves only some of its parameters stored: walking
+            # the space again returns the stored values and samples the missing ones.
+            self.autoside_space.suggest(ot_trial)
+            params = dict(ot_trial.params)
         else:
             ot_trial, params = self._ask_valid()
         config = {"trial_number": ot_trial.number, "params": params}
