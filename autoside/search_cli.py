@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from autoside.cli import command
 from autoside.results import DEFAULT_ROOT
@@ -56,24 +57,46 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(result) -> None:  # noqa: ANN001 - SearchResult
+def front_rows(front, knee) -> list[dict]:  # noqa: ANN001 - TrialRecords
+    """One row per front member: the figures a user compares, the family and its key choices."""
+    return [
+        {
+            "trial_id": r.trial_id,
+            "family": r.config.get("family"),
+            "choices": {k.split("/", 1)[-1]: v for k, v in r.params.items() if k != "family"},
+            "val_accuracy": r.accuracy,
+            "test_accuracy": r.metrics.get("test_accuracy"),
+            "peak_memory_bytes": r.memory,
+            "trainable_params": r.metrics.get("trainable_params"),
+            "images_per_s": r.metrics.get("train_images_per_s"),
+            "knee": r is knee,
+        }
+        for r in front
+    ]
+
+
+def print_summary(result, front=None, knee=None, budget_bytes=None) -> None:  # noqa: ANN001 - SearchResult
     from rich.console import Console
     from rich.table import Table
 
     from autoside.tracking import ui_command
     from autoside.units import format_bytes
 
-    console = Console()
+    # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     counts = result.counts()
-    knee = result.knee()
-    table = Table(title=f"Pareto set of {result.name} (budget {format_bytes(result.budget_bytes)})")
-    for col in ("trial", "family", "params", "val acc", "test acc", "peak memory", "trainable", ""):
+    if front is None:
+        front, knee = result.pareto, result.knee()
+    budget_bytes = result.budget_bytes if budget_bytes is None else budget_bytes
+    table = Table(title=f"Pareto set of {result.name} (budget {format_bytes(budget_bytes)})")
+    for col in ("trial", "family", "choices", "val acc", "test acc", "peak memory", "trainable", "images/s", ""):
         table.add_column(col)
-    for r in result.pareto:
-        params = ", ".join(f"{k.split('/', 1)[-1]}={_short(v)}" for k, v in r.params.items() if k != "family")
-        table.add_row(r.trial_id, str(r.config.get("family")), params or "-", f"{r.accuracy:.4f}",
-                      f"{r.metrics.get('test_accuracy', float('nan')):.4f}", format_bytes(r.memory),
-                      f"{r.metrics.get('trainable_params', 0):,}", "knee" if r is knee else "")
+    for row in front_rows(front, knee):
+        choices = ", ".join(f"{k}={_short(v)}" for k, v in row["choices"].items())
+        table.add_row(row["trial_id"], str(row["family"]), choices or "-", f"{row['val_accuracy']:.4f}",
+                      f"{row['test_accuracy'] or float('nan'):.4f}", format_bytes(row["peak_memory_bytes"]),
+                      f"{row['trainable_params'] or 0:,}", f"{row['images_per_s'] or 0:.0f}",
+                      "knee" if row["knee"] else "")
     console.print(table)
     console.print(f"{len(result.trials)} trials: {counts['ok']} ok, {counts['infeasible']} infeasible, "
                   f"{counts['pruned']} pruned, {counts['failed']} failed; hypervolume {result.hypervolume:.4f}")
@@ -89,29 +112,45 @@ def _short(value: object) -> str:
 def _pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the search's name")
     p.add_argument("--root", default=None, help=f"folder of the searches (default ./{DEFAULT_ROOT})")
-    p.add_argument("--budget", help="also print the best trial that fits this memory budget, e.g. 2GiB")
+    p.add_argument("--budget", help="leave out trials over this memory budget (e.g. 2GiB) and name the best that fits")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.add_argument("--plot", help="write the accuracy/memory plot to this PNG")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-@command("pareto", "show the accuracy/memory Pareto set of a search")(_pareto_args)
+@command("pareto", "show the accuracy/memory Pareto set of a search, its knee and the best trial under a budget")(
+    _pareto_args
+)
 def _pareto(args: argparse.Namespace) -> int:
-    from autoside.pareto import plot
+    import csv
+
+    from autoside.pareto import knee_point, pareto_front, plot
     from autoside.search import open_search, result_json
-    from autoside.units import format_bytes
+    from autoside.units import format_bytes, parse_bytes
 
     result = open_search(args.name, root=args.root)
-    best = result.best(args.budget) if args.budget else None
+    budget = parse_bytes(args.budget, field="--budget")
+    limit = min(b for b in (budget, result.budget_bytes) if b is not None) if budget or result.budget_bytes else None
+    front = pareto_front(result.trials, result.objectives, limit)
+    knee = knee_point(front, result.objectives)
+    best = result.best(budget) if budget is not None else None
     if args.plot:
-        plot(result.trials, result.pareto, args.plot, budget_bytes=result.budget_bytes, title=result.name)
-    if args.json:
-        data = result_json(result)
+        plot(result.trials, front, args.plot, budget_bytes=limit, title=result.name)
+    fmt = "json" if args.json else args.format
+    rows = front_rows(front, knee)
+    if fmt == "json":
+        data = {**result_json(result), "budget_bytes": limit, "pareto": rows}
         if best is not None:
             data["best"] = {"trial_id": best.trial_id, "val_accuracy": best.accuracy, "peak_memory_bytes": best.memory}
         print(json.dumps(data, indent=2))
-        return 0
-    print_summary(result)
-    if best is not None:
-        print(f"best within {args.budget}: trial {best.trial_id} ({best.config.get('family')}), val acc "
-              f"{best.accuracy:.4f}, {format_bytes(best.memory)}")
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "choices": json.dumps(row["choices"], sort_keys=True)})
+    else:
+        print_summary(result, front, knee, limit)
+        if best is not None:
+            print(f"best within {args.budget}: trial {best.trial_id} ({best.config.get('family')}), val acc "
+                  f"{best.accuracy:.4f}, {format_bytes(best.memory)}")
     return 0

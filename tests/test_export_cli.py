@@ -388,3 +388,28 @@ def test_register_and_load_from_registry(search_root: Path, tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [row["label"] for row in json.loads(proc.stdout.strip().splitlines()[-1])["predictions"]] == expected
+
+
+def test_pareto_command_formats_and_budget(search_root: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import io
+
+    from autoside.pareto import knee_point, pareto_front
+
+    search = _search(search_root)
+    assert main(["pareto", NAME, "--root", str(search_root), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [row["trial_id"] for row in data["pareto"]] == [r.trial_id for r in search.pareto]
+    assert [row["trial_id"] for row in data["pareto"] if row["knee"]] == [knee_point(search.pareto).trial_id]
+    assert all(row["images_per_s"] > 0 for row in data["pareto"])
+
+    # A budget leaves out every trial over it, and the knee is taken on what remains.
+    budget = min(r.memory for r in search.pareto)
+    assert main(["pareto", NAME, "--root", str(search_root), "--budget", str(budget), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = pareto_front(search.trials, budget_bytes=budget)
+    assert [row["trial_id"] for row in rows] == [r.trial_id for r in expected]
+    assert all(int(row["peak_memory_bytes"]) <= budget for row in rows)
+
+    assert main(["pareto", NAME, "--root", str(search_root), "--budget", "1KiB"]) == 1
+    assert "no trial" in capsys.readouterr().err
