@@ -21,7 +21,8 @@ _LAZY = {
     "run_trial": "autoside.train",
     "TrialResult": "autoside.train",
     "MemoryMeter": "autoside.memory",
-    "search": "autoside.search",
+    "search": "autoside.searching",
+    "open_search": "autoside.results",
     "load": "autoside.export",
 }
 

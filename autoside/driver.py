@@ -1,6 +1,6 @@
 """The driver side of a search: Ray connection, stores, the Tuner, resume reconciliation, the end of a search.
 
-Called by :func:`autoside.search.search`; kept apart so that module stays a readable overview.
+Called by :func:`autoside.searching.search`; kept apart so that module stays a readable overview.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``autoside search`` and ``autoside pareto``: thin layers over :func:`autoside.search.search` and
-:func:`autoside.search.open_search`."""
+"""``autoside search`` and ``autoside pareto``: thin layers over :func:`autoside.searching.search` and
+:func:`autoside.results.open_search`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 @command("search", "search side networks under a memory budget (Ray Tune + Optuna, tracked in MLflow)")(_search_args)
 def _search(args: argparse.Namespace) -> int:
     from autoside.errors import ConfigError
-    from autoside.search import result_json, search
+    from autoside.searching import result_json, search
 
     if args.resume and (args.space or args.recipe):
         raise ConfigError("--resume NAME continues a search with its own space and recipe; give no SPACE/RECIPE")
@@ -125,7 +125,7 @@ def _pareto(args: argparse.Namespace) -> int:
     import csv
 
     from autoside.pareto import knee_point, pareto_front, plot
-    from autoside.search import open_search, result_json
+    from autoside.searching import open_search, result_json
     from autoside.units import format_bytes, parse_bytes
 
     result = open_search(args.name, root=args.root)

@@ -1,4 +1,4 @@
-"""The search: Ray Tune runs the trials, Optuna proposes side networks, MLflow records everything.
+"""The search (``autoside.search``): Ray Tune runs the trials, Optuna proposes side networks, MLflow records everything.
 
 ``autoside.search(space, recipe, **options)`` (and ``autoside search SPACE RECIPE``) validates everything up front,
 connects to Ray (a local cluster bound to 127.0.0.1 by default), opens the MLflow parent run and the Optuna study
@@ -12,7 +12,6 @@ died: finished trials are kept, trials that were running are run again under the
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -224,15 +223,3 @@ def _env() -> None:
 
 
 _env()
-
-
-class _CallableModule(type(os)):
-    """``import autoside.search`` makes the package attribute ``autoside.search`` this module (Python binds a
-    submodule on its package after import), so the module itself forwards calls to :func:`search`: then
-    ``autoside.search(space, recipe, ...)`` works whatever was imported first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
