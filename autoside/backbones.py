@@ -247,22 +247,28 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, *, 
     # The classifier is replaced by each side network, so a checkpoint's own head is neither needed nor checked.
     head = {k for k in target if k.startswith(_classifier_prefix(model))}
     state = {k: v for k, v in state.items() if k not in head and not k.startswith(_classifier_prefix(model))}
-    missing = sorted(set(target) - set(state) - head)
+    problems = state_mismatch(state, {k: v for k, v in target.items() if k not in head})
+    if problems:
+        raise WeightsError(f"{path}: does not match timm model {type(model).__name__}: {', '.join(problems)}")
+    model.load_state_dict({**{k: target[k] for k in head}, **state}, strict=True)
+
+
+def state_mismatch(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading strictly into ``target``, one short phrase per kind (empty: it fits)."""
+    missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})"
-            )
-        raise WeightsError(f"{path}: does not match timm model {type(model).__name__}: {', '.join(parts)}")
-    model.load_state_dict({**{k: target[k] for k in head}, **state}, strict=True)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(
+            f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)}, expected {tuple(target[k].shape)})"
+        )
+    return problems
 
 
 def _classifier_prefix(model: nn.Module) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoside.backbones import Backbone, BackboneSpec, sha256_file
+from autoside.backbones import Backbone, BackboneSpec, sha256_file, state_mismatch
 from autoside.errors import ConfigError, DataError, WeightsError
 from autoside.export import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, ExportError, backbone_state_sha256
 from autoside.sidenets import SideConfig, SideNet
@@ -153,23 +153,10 @@ def read_weights(folder: str | Path, info: dict[str, Any] | None = None) -> dict
 def load_state_strict(model: SideNet, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Load exported side weights: exactly the keys and shapes of ``model.side_state_dict()``, nothing else."""
     target = model.side_state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)}, "
-                f"model has {tuple(target[k].shape)})"
-            )
+    problems = state_mismatch(state, target)
+    if problems:
         raise WeightsError(
-            f"{source}: weights do not match the {model.config.family} side network: {'; '.join(parts)} tensors"
+            f"{source}: weights do not match the {model.config.family} side network: {'; '.join(problems)}"
         )
     result = model.load_state_dict(state, strict=False)
     left = [k for k in result.missing_keys if k in target]

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from autoside.data import Preprocess, Task
 from autoside.memory import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
+from autoside.train import training_step
 
 SAFETY = 1.05
 
@@ -63,18 +63,14 @@ def _peak_of_steps(model: SideNet, task: Task, recipe: Recipe, batch: int, devic
         for _ in range(2):
             x, y = images.to(device), labels.to(device)
             meter.step()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(preprocess(x))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            del x, y, logits, loss
+            training_step(model, preprocess(x), y, optimizer, amp=amp, label_smoothing=recipe.label_smoothing)
+            del x, y
     return meter.report().peak_memory_bytes
 
 
-def predict_peak_memory(model: SideNet, task: Task, recipe: Recipe, *, device: torch.device | str = "cpu"
-                        ) -> MemoryPrediction:
+def predict_peak_memory(
+    model: SideNet, task: Task, recipe: Recipe, *, device: torch.device | str = "cpu"
+) -> MemoryPrediction:
     """Predict the peak training memory of ``model`` under ``recipe`` (see the module docstring)."""
     import time
 

@@ -87,6 +87,25 @@ def evaluate(
     return correct / max(1, len(split))
 
 
+def training_step(
+    model: SideNet,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    amp: bool,
+    label_smoothing: float,
+) -> float:
+    """One optimisation step (the same one the memory predictor's dry steps take); returns the loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 Reporter = Callable[[int, dict[str, float]], None]
 
 
@@ -129,13 +148,10 @@ def train_model(
                         step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
                     )
                 meter.step()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(preprocess(images))
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_loss += loss.item()
+                loss = training_step(
+                    model, preprocess(images), labels, optimizer, amp=amp, label_smoothing=recipe.label_smoothing
+                )
+                epoch_loss += loss
                 seen += len(idx)
                 step += 1
                 if bar:
