@@ -94,3 +94,18 @@ def test_registered_weights_checksum_mismatch(tmp_path):
     corrupt = WeightsSource(**{**real.__dict__, "path": copy})
     with pytest.raises(WeightsError, match="checksum mismatch for backbone 'tf_efficientnet_lite0'"):
         _verify(corrupt)
+
+
+def test_shipped_vit_loads_and_corruption_is_a_checksum_error(tmp_path, monkeypatch):
+    import autoside.backbones as backbones
+
+    vit = create_backbone("vit12_fmnist")
+    assert vit.spec.weights == "pretrained:vit12_fmnist" and vit.spec.num_taps == 12 and vit.spec.grid_size == (4, 4)
+    copy = tmp_path / "weights"
+    shutil.copytree(backbones.WEIGHTS_DIR, copy)
+    with open(copy / "vit12_fmnist.safetensors", "r+b") as fh:
+        fh.seek(-100, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(backbones, "WEIGHTS_DIR", copy)
+    with pytest.raises(WeightsError, match=r"vit12_fmnist.safetensors: checksum mismatch for backbone 'vit12_fmnist'"):
+        create_backbone("vit12_fmnist")
