@@ -31,8 +31,14 @@ def connect_ray(address: str | None) -> bool:
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address in (None, "", "local"):
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024**2, **quiet)
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            num_cpus=os.cpu_count() or 1,
+            object_store_memory=128 * 1024**2,
+            **quiet,
+        )
     else:
         ray.init(address=address, **quiet)
     return True
@@ -62,17 +68,35 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
     root.mkdir(parents=True, exist_ok=True)
     if new:
         (path / "trials").mkdir(parents=True)
-        params = {**tracking.flat({"budget": format_bytes(meta["budget_bytes"]), "budget_bytes": meta["budget_bytes"],
-                                   "sampler": opts.sampler, "scheduler": opts.scheduler,
-                                   "num_samples": opts.num_samples, "max_concurrent": opts.max_concurrent,
-                                   "objectives": ",".join(opts.objectives), "seed": opts.seed}),
-                  **{f"recipe.{k}": v for k, v in tracking.flat(meta["recipe"]).items()},
-                  **{f"space.{k}": v for k, v in tracking.flat(meta["space"]).items()}}
-        tags = {**{f"version.{k}": v for k, v in tracking.versions().items()},
-                **{f"hardware.{k}": v for k, v in tracking.hardware().items()}, "autoside.role": "search"}
+        params = {
+            **tracking.flat(
+                {
+                    "budget": format_bytes(meta["budget_bytes"]),
+                    "budget_bytes": meta["budget_bytes"],
+                    "sampler": opts.sampler,
+                    "scheduler": opts.scheduler,
+                    "num_samples": opts.num_samples,
+                    "max_concurrent": opts.max_concurrent,
+                    "objectives": ",".join(opts.objectives),
+                    "seed": opts.seed,
+                }
+            ),
+            **{f"recipe.{k}": v for k, v in tracking.flat(meta["recipe"]).items()},
+            **{f"space.{k}": v for k, v in tracking.flat(meta["space"]).items()},
+        }
+        tags = {
+            **{f"version.{k}": v for k, v in tracking.versions().items()},
+            **{f"hardware.{k}": v for k, v in tracking.hardware().items()},
+            "autoside.role": "search",
+        }
         experiment_id, parent = tracking.start_parent(
-            meta["tracking_uri"], root, meta["name"], params=params, tags=tags,
-            artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]})
+            meta["tracking_uri"],
+            root,
+            meta["name"],
+            params=params,
+            tags=tags,
+            artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
+        )
         meta.update(experiment_id=experiment_id, parent_run_id=parent)
     else:
         tracking.reopen(meta["tracking_uri"], meta["parent_run_id"])
@@ -80,10 +104,17 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
     meta["attempts"] = int(meta.get("attempts", 0)) + 1
     write_meta(path, meta)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(path / 'optuna.db').resolve()}")
-    context = TrialContext(name=meta["name"], search_dir=str(path.resolve()), space=meta["space"],
-                           recipe=meta["recipe"], budget_bytes=meta["budget_bytes"],
-                           tracking_uri=meta["tracking_uri"], experiment_id=meta["experiment_id"],
-                           parent_run_id=meta["parent_run_id"], threads=max(1, int(opts.cpus_per_trial)))
+    context = TrialContext(
+        name=meta["name"],
+        search_dir=str(path.resolve()),
+        space=meta["space"],
+        recipe=meta["recipe"],
+        budget_bytes=meta["budget_bytes"],
+        tracking_uri=meta["tracking_uri"],
+        experiment_id=meta["experiment_id"],
+        parent_run_id=meta["parent_run_id"],
+        threads=max(1, int(opts.cpus_per_trial)),
+    )
     state = DriverState(path, meta, space, recipe, opts, study_name=meta["name"], storage=storage, context=context)
     if not new:
         _reconcile(state)
@@ -124,8 +155,12 @@ def _reconcile(state: DriverState) -> None:
             rerun.append(frozen)
             shutil.rmtree(state.path / "trials" / trial_id_of(frozen.number), ignore_errors=True)
     if rerun:
-        tracking.delete_trial_runs(state.meta["tracking_uri"], state.meta["experiment_id"],
-                                   state.meta["parent_run_id"], [t.number for t in rerun])
+        tracking.delete_trial_runs(
+            state.meta["tracking_uri"],
+            state.meta["experiment_id"],
+            state.meta["parent_run_id"],
+            [t.number for t in rerun],
+        )
     state.pending = rerun
 
 
@@ -139,13 +174,22 @@ def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, 
         _record_unfinished(state, number, status, last, params)
 
     return AutosideOptunaSearch(
-        state.space, objectives=tuple(opts.objectives), sampler=sampler, storage=state.storage,
-        study_name=state.study_name, budget_bytes=state.meta["budget_bytes"], pending=pending, scheduler=scheduler,
-        on_finish=on_finish, on_told=progress.told if progress else None)
+        state.space,
+        objectives=tuple(opts.objectives),
+        sampler=sampler,
+        storage=state.storage,
+        study_name=state.study_name,
+        budget_bytes=state.meta["budget_bytes"],
+        pending=pending,
+        scheduler=scheduler,
+        on_finish=on_finish,
+        on_told=progress.told if progress else None,
+    )
 
 
-def _record_unfinished(state: DriverState, number: int, status: str, last: dict[str, Any],
-                       params: dict[str, Any]) -> None:
+def _record_unfinished(
+    state: DriverState, number: int, status: str, last: dict[str, Any], params: dict[str, Any]
+) -> None:
     """Write ``result.json`` and close the MLflow run of a trial its worker could not finish (pruned, crashed)."""
     config = state.space.config_from_params(params).to_dict()
     metrics = {k: last[k] for k in ("val_accuracy", "peak_memory_bytes", "train_loss", "epoch") if k in last}
@@ -153,8 +197,16 @@ def _record_unfinished(state: DriverState, number: int, status: str, last: dict[
     reason = "stopped early by the scheduler" if status == "pruned" else "the trial's worker died"
     if run_id:
         tracking.TrialRun(state.meta["tracking_uri"], run_id).finish(status, None, tags={"reason": reason})
-    record = result_record(number=number, params=params, config=config, status=status, metrics=metrics,
-                           mlflow_run_id=run_id, reason=reason, finished_at=time.time())
+    record = result_record(
+        number=number,
+        params=params,
+        config=config,
+        status=status,
+        metrics=metrics,
+        mlflow_run_id=run_id,
+        reason=reason,
+        finished_at=time.time(),
+    )
     write_json_atomic(state.path / "trials" / trial_id_of(number) / RESULT_FILE, record)
 
 
@@ -171,22 +223,36 @@ def run_tuner(state: DriverState) -> bool:
         return False
     scheduler = None
     if opts.scheduler == "asha":
-        scheduler = RecordingASHA(time_attr="training_iteration", metric="val_accuracy", mode="max",
-                                  max_t=state.recipe.epochs, grace_period=1, reduction_factor=2)
+        scheduler = RecordingASHA(
+            time_attr="training_iteration",
+            metric="val_accuracy",
+            mode="max",
+            max_t=state.recipe.epochs,
+            grace_period=1,
+            reduction_factor=2,
+        )
     searcher = _searcher(state, pending=state.pending, scheduler=scheduler, progress=progress)
     state.searcher = searcher
     resources, extra = _resources(state)
     searcher.resources = extra
-    trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()),
-                                    resources)
+    trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()), resources)
     progress.start()
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=state.remaining,
-                                    max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"attempt-{state.meta['attempts']}",
-                                  storage_path=str((state.path / "ray").resolve()), verbose=0,
-                                  callbacks=[progress.callback()], failure_config=tune.FailureConfig(max_failures=0)),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=state.remaining,
+            max_concurrent_trials=opts.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"attempt-{state.meta['attempts']}",
+            storage_path=str((state.path / "ray").resolve()),
+            verbose=0,
+            callbacks=[progress.callback()],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     try:
         tuner.fit()
@@ -197,8 +263,11 @@ def run_tuner(state: DriverState) -> bool:
 
 def _still_running(state: DriverState) -> bool:
     finished = len(read_records(state.path))
-    return finished < state.opts.num_samples and state.searcher is not None and bool(
-        [t for t in state.searcher.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"])
+    return (
+        finished < state.opts.num_samples
+        and state.searcher is not None
+        and bool([t for t in state.searcher.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"])
+    )
 
 
 def _resources(state: DriverState):  # noqa: ANN202
@@ -269,9 +338,11 @@ class Progress:
     def start(self) -> None:
         s = self.state
         rerun = f", {len(s.pending)} interrupted trials run again" if s.pending else ""
-        self.print(f"search {s.meta['name']}: {s.remaining} trials to run{rerun}, budget "
-                   f"{format_bytes(s.meta['budget_bytes'])}, sampler {s.opts.sampler}, scheduler {s.opts.scheduler}, "
-                   f"at most {s.opts.max_concurrent} at a time")
+        self.print(
+            f"search {s.meta['name']}: {s.remaining} trials to run{rerun}, budget "
+            f"{format_bytes(s.meta['budget_bytes'])}, sampler {s.opts.sampler}, scheduler {s.opts.scheduler}, "
+            f"at most {s.opts.max_concurrent} at a time"
+        )
 
     def print(self, line: str) -> None:
         if self.state.opts.progress:
@@ -306,13 +377,17 @@ class Progress:
         record = next((r for r in records if r.number == number), None)
         what = ""
         if record is not None and record.metrics:
-            what = (f" {record.config.get('family', '?')}: acc {record.accuracy or 0:.3f}, "
-                    f"mem {format_bytes(record.memory)}")
+            what = (
+                f" {record.config.get('family', '?')}: acc {record.accuracy or 0:.3f}, "
+                f"mem {format_bytes(record.memory)}"
+            )
         best_text = f"{best:.3f}" if best is not None else "-"
-        self.print(f"[{len(records):>3}/{self.state.opts.num_samples}] trial {trial_id_of(number)} {status}{what} | "
-                   f"done {counts['ok']} running {max(0, len(self.running) - 1)} infeasible {counts['infeasible']} "
-                   f"pruned {counts['pruned']} failed {counts['failed']} | best within budget {best_text} | "
-                   f"front {len(front)}")
+        self.print(
+            f"[{len(records):>3}/{self.state.opts.num_samples}] trial {trial_id_of(number)} {status}{what} | "
+            f"done {counts['ok']} running {max(0, len(self.running) - 1)} infeasible {counts['infeasible']} "
+            f"pruned {counts['pruned']} failed {counts['failed']} | best within budget {best_text} | "
+            f"front {len(front)}"
+        )
 
 
 def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> SearchResult:
@@ -332,12 +407,35 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
             tracking.set_tags(c, r.mlflow_run_id, {"pareto": str(r.trial_id in front_ids).lower()})
     with open(path / "pareto.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["trial_id", "family", "val_accuracy", "test_accuracy", "peak_memory_bytes", "peak_memory",
-                         "trainable_params", "knee", "mlflow_run_id", "params"])
+        writer.writerow(
+            [
+                "trial_id",
+                "family",
+                "val_accuracy",
+                "test_accuracy",
+                "peak_memory_bytes",
+                "peak_memory",
+                "trainable_params",
+                "knee",
+                "mlflow_run_id",
+                "params",
+            ]
+        )
         for r in front:
-            writer.writerow([r.trial_id, r.config.get("family"), r.accuracy, r.metrics.get("test_accuracy"),
-                             r.memory, format_bytes(r.memory), r.metrics.get("trainable_params"),
-                             str(knee is r).lower(), r.mlflow_run_id, json.dumps(r.params)])
+            writer.writerow(
+                [
+                    r.trial_id,
+                    r.config.get("family"),
+                    r.accuracy,
+                    r.metrics.get("test_accuracy"),
+                    r.memory,
+                    format_bytes(r.memory),
+                    r.metrics.get("trainable_params"),
+                    str(knee is r).lower(),
+                    r.mlflow_run_id,
+                    json.dumps(r.params),
+                ]
+            )
     plot(records, front, path / "pareto.png", budget_bytes=budget, title=f"{meta['name']}: accuracy vs memory")
     tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.csv")))
     tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.png")))
@@ -353,9 +451,16 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
             hv = search_hypervolume(ordered[:i], objectives, budget, reference)
             tracking.log_metrics(c, parent, {"hypervolume": hv}, step=i)
     counts = result.counts()
-    tracking.log_metrics(c, parent, {"hypervolume_final": search_hypervolume(records, objectives, budget, reference),
-                                     "front_size": len(front), "trials": len(records),
-                                     **{f"trials_{k}": v for k, v in counts.items()}})
+    tracking.log_metrics(
+        c,
+        parent,
+        {
+            "hypervolume_final": search_hypervolume(records, objectives, budget, reference),
+            "front_size": len(front),
+            "trials": len(records),
+            **{f"trials_{k}": v for k, v in counts.items()},
+        },
+    )
     meta["status"] = "interrupted" if interrupted else "finished"
     meta["seconds"] = float(meta.get("seconds", 0.0)) + seconds
     tracking.retry(lambda: c.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))

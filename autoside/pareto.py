@@ -96,8 +96,9 @@ def feasible(records: Sequence[Any], budget_bytes: int | None) -> list[Any]:
     return out
 
 
-def pareto_front(records: Sequence[Any], objectives: Sequence[str] = ("accuracy", "memory"),
-                 budget_bytes: int | None = None) -> list[Any]:
+def pareto_front(
+    records: Sequence[Any], objectives: Sequence[str] = ("accuracy", "memory"), budget_bytes: int | None = None
+) -> list[Any]:
     """The non-dominated feasible records, sorted by memory."""
     pool = feasible(records, budget_bytes)
     keys, senses = objective_keys(objectives)
@@ -121,8 +122,12 @@ def normalised_reference(records: Sequence[Any], objectives: Sequence[str], budg
     return refs
 
 
-def search_hypervolume(records: Sequence[Any], objectives: Sequence[str] = ("accuracy", "memory"),
-                       budget_bytes: int | None = None, reference: Sequence[float] | None = None) -> float:
+def search_hypervolume(
+    records: Sequence[Any],
+    objectives: Sequence[str] = ("accuracy", "memory"),
+    budget_bytes: int | None = None,
+    reference: Sequence[float] | None = None,
+) -> float:
     """Normalised hypervolume (in [0, 1]) of the feasible records of a search."""
     keys, senses = objective_keys(objectives)
     reference = list(reference) if reference is not None else normalised_reference(records, objectives, budget_bytes)
@@ -179,8 +184,9 @@ def select_by_budget(records: Sequence[Any], budget_bytes: int) -> Any:
     return min(pool, key=lambda r: (-r.metrics["val_accuracy"], r.metrics["peak_memory_bytes"], r.trial_id))
 
 
-def plot(records: Sequence[Any], front: Sequence[Any], path: str | Path, *, budget_bytes: int | None = None,
-         title: str = "") -> Path:
+def plot(
+    records: Sequence[Any], front: Sequence[Any], path: str | Path, *, budget_bytes: int | None = None, title: str = ""
+) -> Path:
     """Accuracy vs measured peak memory of every trial; the front highlighted, infeasible trials crossed, the budget
     drawn as a vertical line. Written with matplotlib's Agg backend (no display needed)."""
     import matplotlib
@@ -195,19 +201,34 @@ def plot(records: Sequence[Any], front: Sequence[Any], path: str | Path, *, budg
     front_ids = {r.trial_id for r in front}
     others = [r for r in ok if r.trial_id not in front_ids]
     if others:
-        ax.scatter([r.metrics["peak_memory_bytes"] / mib for r in others],
-                   [r.metrics["val_accuracy"] for r in others], c="tab:gray", alpha=0.6, label="trials")
+        ax.scatter(
+            [r.metrics["peak_memory_bytes"] / mib for r in others],
+            [r.metrics["val_accuracy"] for r in others],
+            c="tab:gray",
+            alpha=0.6,
+            label="trials",
+        )
     if bad:
-        ax.scatter([r.metrics["peak_memory_bytes"] / mib for r in bad], [r.metrics.get("val_accuracy", 0.0)
-                   for r in bad], marker="x", c="tab:red", label="infeasible")
+        ax.scatter(
+            [r.metrics["peak_memory_bytes"] / mib for r in bad],
+            [r.metrics.get("val_accuracy", 0.0) for r in bad],
+            marker="x",
+            c="tab:red",
+            label="infeasible",
+        )
     if front:
         xs = [r.metrics["peak_memory_bytes"] / mib for r in front]
         ys = [r.metrics["val_accuracy"] for r in front]
         ax.step(xs, ys, where="post", c="tab:blue", alpha=0.5)
         ax.scatter(xs, ys, c="tab:blue", s=50, zorder=3, label="Pareto front")
         for r, x, y in zip(front, xs, ys):
-            ax.annotate(f"{r.trial_id} {r.config.get('family', '')}", (x, y), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{r.trial_id} {r.config.get('family', '')}",
+                (x, y),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     if budget_bytes is not None:
         ax.axvline(budget_bytes / mib, c="tab:red", ls="--", label=f"budget {budget_bytes / mib:.0f} MiB")
     ax.set_xlabel("measured peak training memory (MiB)")

@@ -43,10 +43,18 @@ class TrialRecord:
     def from_file(cls, path: Path) -> TrialRecord:
         data = json.loads(path.read_text())
         art = path.parent / "side_network"
-        return cls(trial_id=data["trial_id"], number=int(data["number"]), params=data.get("params", {}),
-                   config=data.get("config", {}), status=data["status"], metrics=data.get("metrics") or {},
-                   mlflow_run_id=data.get("mlflow_run_id"), artifact_dir=art if art.is_dir() else None,
-                   reason=data.get("reason"), raw=data)
+        return cls(
+            trial_id=data["trial_id"],
+            number=int(data["number"]),
+            params=data.get("params", {}),
+            config=data.get("config", {}),
+            status=data["status"],
+            metrics=data.get("metrics") or {},
+            mlflow_run_id=data.get("mlflow_run_id"),
+            artifact_dir=art if art.is_dir() else None,
+            reason=data.get("reason"),
+            raw=data,
+        )
 
     @property
     def accuracy(self) -> float | None:

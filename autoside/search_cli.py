@@ -16,8 +16,10 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="trial recipe YAML (see trials/)")
     p.add_argument("--num-samples", type=int, help="trials to run in total (default 8)")
     p.add_argument("--max-concurrent", type=int, help="trials running at the same time (default 2)")
-    p.add_argument("--memory-budget", help="hard peak training memory budget per trial, e.g. 4GiB "
-                   "(default: the recipe's memory_budget)")
+    p.add_argument(
+        "--memory-budget",
+        help="hard peak training memory budget per trial, e.g. 4GiB (default: the recipe's memory_budget)",
+    )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial asks Ray for (default 1)")
     p.add_argument("--gpus-per-trial", help="'auto' (the fraction the predicted memory needs) or a number")
     p.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="Optuna sampler (default tpe)")
@@ -41,10 +43,25 @@ def _search(args: argparse.Namespace) -> int:
     if args.resume and (args.space or args.recipe):
         raise ConfigError("--resume NAME continues a search with its own space and recipe; give no SPACE/RECIPE")
     if not args.resume and not (args.space and args.recipe):
-        raise ConfigError("give a SPACE and a RECIPE, e.g. autoside search search_spaces/demo.yaml trials/demo.yaml "
-                          "(or --resume NAME)")
-    keys = ("num_samples", "max_concurrent", "memory_budget", "cpus_per_trial", "gpus_per_trial", "sampler",
-            "scheduler", "address", "tracking_uri", "name", "root", "resume", "seed")
+        raise ConfigError(
+            "give a SPACE and a RECIPE, e.g. autoside search search_spaces/demo.yaml trials/demo.yaml "
+            "(or --resume NAME)"
+        )
+    keys = (
+        "num_samples",
+        "max_concurrent",
+        "memory_budget",
+        "cpus_per_trial",
+        "gpus_per_trial",
+        "sampler",
+        "scheduler",
+        "address",
+        "tracking_uri",
+        "name",
+        "root",
+        "resume",
+        "seed",
+    )
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.objectives:
         options["objectives"] = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
@@ -93,13 +110,22 @@ def print_summary(result, front=None, knee=None, budget_bytes=None) -> None:  # 
         table.add_column(col)
     for row in front_rows(front, knee):
         choices = ", ".join(f"{k}={_short(v)}" for k, v in row["choices"].items())
-        table.add_row(row["trial_id"], str(row["family"]), choices or "-", f"{row['val_accuracy']:.4f}",
-                      f"{row['test_accuracy'] or float('nan'):.4f}", format_bytes(row["peak_memory_bytes"]),
-                      f"{row['trainable_params'] or 0:,}", f"{row['images_per_s'] or 0:.0f}",
-                      "knee" if row["knee"] else "")
+        table.add_row(
+            row["trial_id"],
+            str(row["family"]),
+            choices or "-",
+            f"{row['val_accuracy']:.4f}",
+            f"{row['test_accuracy'] or float('nan'):.4f}",
+            format_bytes(row["peak_memory_bytes"]),
+            f"{row['trainable_params'] or 0:,}",
+            f"{row['images_per_s'] or 0:.0f}",
+            "knee" if row["knee"] else "",
+        )
     console.print(table)
-    console.print(f"{len(result.trials)} trials: {counts['ok']} ok, {counts['infeasible']} infeasible, "
-                  f"{counts['pruned']} pruned, {counts['failed']} failed; hypervolume {result.hypervolume:.4f}")
+    console.print(
+        f"{len(result.trials)} trials: {counts['ok']} ok, {counts['infeasible']} infeasible, "
+        f"{counts['pruned']} pruned, {counts['failed']} failed; hypervolume {result.hypervolume:.4f}"
+    )
     console.print(f"search folder: {result.dir}")
     console.print(f"MLflow:        {ui_command(result.tracking_uri)}   (experiment {result.name!r})", soft_wrap=True)
     console.print(f"Optuna:        optuna-dashboard {result.optuna_storage}", soft_wrap=True)
@@ -151,6 +177,8 @@ def _pareto(args: argparse.Namespace) -> int:
     else:
         print_summary(result, front, knee, limit)
         if best is not None:
-            print(f"best within {args.budget}: trial {best.trial_id} ({best.config.get('family')}), val acc "
-                  f"{best.accuracy:.4f}, {format_bytes(best.memory)}")
+            print(
+                f"best within {args.budget}: trial {best.trial_id} ({best.config.get('family')}), val acc "
+                f"{best.accuracy:.4f}, {format_bytes(best.memory)}"
+            )
     return 0

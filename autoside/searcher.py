@@ -71,16 +71,32 @@ class AutosideOptunaSearch(OptunaSearch):
         resources: optional ``config -> extra config`` (e.g. a memory prediction for GPU packing).
     """
 
-    def __init__(self, space: SearchSpace, *, objectives: tuple[str, ...], sampler: optuna.samplers.BaseSampler,
-                 storage: optuna.storages.BaseStorage, study_name: str, budget_bytes: int | None,
-                 pending: list[optuna.trial.FrozenTrial] | None = None, scheduler: RecordingASHA | None = None,
-                 on_finish: Finisher | None = None, on_told: Callable[[int, str], None] | None = None,
-                 resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        objectives: tuple[str, ...],
+        sampler: optuna.samplers.BaseSampler,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        budget_bytes: int | None,
+        pending: list[optuna.trial.FrozenTrial] | None = None,
+        scheduler: RecordingASHA | None = None,
+        on_finish: Finisher | None = None,
+        on_told: Callable[[int, str], None] | None = None,
+        resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         metrics = [OBJECTIVES[o][0] for o in objectives]
         modes = [OBJECTIVES[o][1] for o in objectives]
         self.autoside_space = space
-        super().__init__(space=self._define_by_run, metric=metrics, mode=modes, sampler=sampler,
-                         study_name=study_name, storage=storage)
+        super().__init__(
+            space=self._define_by_run,
+            metric=metrics,
+            mode=modes,
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+        )
         self.budget_bytes = budget_bytes
         self.pending = list(pending or [])
         self.scheduler = scheduler
@@ -190,8 +206,9 @@ def make_sampler(name: str, *, seed: int | None, num_samples: int) -> optuna.sam
     """The Optuna sampler behind ``--sampler``; start-up trials scale with the search so small searches still learn."""
     startup = max(4, min(10, num_samples // 3))
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                          constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
     if name == "gp":

@@ -110,15 +110,23 @@ def search(space: Any = None, recipe: Any = None, **options: Any) -> SearchResul
     name = opts.name or f"{space.name}-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = search_dir(name, opts.root)
     if path.exists():
-        raise ConfigError(f"search {name!r} already exists in {opts.root}; continue it with --resume {name} or "
-                          f"choose another --name")
+        raise ConfigError(
+            f"search {name!r} already exists in {opts.root}; continue it with --resume {name} or choose another --name"
+        )
     recipe = replace(recipe, memory_budget=budget)
     _preflight(space, recipe, budget)
     tracking_uri = opts.tracking_uri or _default_uri(opts.root)
-    meta = {"name": name, "status": "starting", "space": space.to_dict(), "recipe": recipe.to_dict(),
-            "options": {**asdict(replace(opts, name=name)), "objectives": list(opts.objectives)},
-            "budget_bytes": budget, "tracking_uri": tracking_uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "attempts": 0}
+    meta = {
+        "name": name,
+        "status": "starting",
+        "space": space.to_dict(),
+        "recipe": recipe.to_dict(),
+        "options": {**asdict(replace(opts, name=name)), "objectives": list(opts.objectives)},
+        "budget_bytes": budget,
+        "tracking_uri": tracking_uri,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "attempts": 0,
+    }
     return _drive(path, meta, space, recipe, opts, new=True)
 
 
@@ -149,9 +157,13 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     configuration needs (the frozen backbone's weights and one input batch are resident in every trial)."""
     from autoside.backbones import create_backbone
 
-    backbone = create_backbone(recipe.backbone.name, weights=recipe.backbone.weights,
-                               checkpoint=recipe.backbone.checkpoint, image_size=recipe.image_size,
-                               download=recipe.backbone.download)
+    backbone = create_backbone(
+        recipe.backbone.name,
+        weights=recipe.backbone.weights,
+        checkpoint=recipe.backbone.checkpoint,
+        image_size=recipe.image_size,
+        download=recipe.backbone.download,
+    )
     space.check_backbone(backbone.spec)
     if budget is None:
         return
@@ -163,11 +175,13 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             f"--memory-budget {format_bytes(budget)} is below what any configuration of space {space.name!r} can fit: "
             f"the frozen {recipe.backbone.name} alone ({format_bytes(state)}) and one input batch of "
             f"{recipe.batch_size} ({format_bytes(batch)}) need {format_bytes(need)}; raise the budget or lower "
-            f"batch_size / image_size")
+            f"batch_size / image_size"
+        )
 
 
-def _drive(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: SearchOptions, *, new: bool
-           ) -> SearchResult:
+def _drive(
+    path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: SearchOptions, *, new: bool
+) -> SearchResult:
     """Connect, prepare the stores, run the Tuner, finalise. A failure before any trial starts removes what a new
     search wrote."""
     from autoside import driver
@@ -195,14 +209,28 @@ def _drive(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Sear
 
 def result_json(result: SearchResult) -> dict[str, Any]:
     """A JSON summary (``autoside search --json`` / ``autoside pareto --json``)."""
-    def row(r: TrialRecord) -> dict[str, Any]:
-        return {"trial_id": r.trial_id, "status": r.status, "family": r.config.get("family"), "params": r.params,
-                "val_accuracy": r.accuracy, "peak_memory_bytes": r.memory,
-                "trainable_params": r.metrics.get("trainable_params")}
 
-    return {"name": result.name, "dir": str(result.dir), "status": result.status, "budget_bytes": result.budget_bytes,
-            "counts": result.counts(), "hypervolume": result.hypervolume, "pareto": [row(r) for r in result.pareto],
-            "trials": [row(r) for r in result.trials]}
+    def row(r: TrialRecord) -> dict[str, Any]:
+        return {
+            "trial_id": r.trial_id,
+            "status": r.status,
+            "family": r.config.get("family"),
+            "params": r.params,
+            "val_accuracy": r.accuracy,
+            "peak_memory_bytes": r.memory,
+            "trainable_params": r.metrics.get("trainable_params"),
+        }
+
+    return {
+        "name": result.name,
+        "dir": str(result.dir),
+        "status": result.status,
+        "budget_bytes": result.budget_bytes,
+        "counts": result.counts(),
+        "hypervolume": result.hypervolume,
+        "pareto": [row(r) for r in result.pareto],
+        "trials": [row(r) for r in result.trials],
+    }
 
 
 def _env() -> None:
@@ -215,8 +243,12 @@ def _env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray runs workers at niceness 15; trials are the work here, and must not lose the CPU to everything else.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    for name in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication.authentication_token_setup",
-                 "ray.tune.tune", "ray.tune.impl.tuner_internal"):
+    for name in (
+        "ray.tune.analysis.experiment_analysis",
+        "ray._private.authentication.authentication_token_setup",
+        "ray.tune.tune",
+        "ray.tune.impl.tuner_internal",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")

@@ -163,8 +163,9 @@ def space_from_dict(data: dict[str, Any], *, source: str = "search space") -> Se
         if len(problems) == 1:
             raise ConfigError(f"{source}: {problems[0]}")
         raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
-    return SearchSpace(name=str(data.get("name", "space")), families=tuple(families),
-                       description=str(data.get("description", "")))
+    return SearchSpace(
+        name=str(data.get("name", "space")), families=tuple(families), description=str(data.get("description", ""))
+    )
 
 
 def _family_space(name: str, knobs: Any, problems: list[str]) -> FamilySpace | None:
@@ -232,9 +233,14 @@ def _param(knob: str, spec: dict[str, Any], where: str, problems: list[str]) -> 
         problems.append(f"{where}: log and step cannot be combined (Optuna's rule)")
     if len(problems) > before:
         return None
-    return Param(knob, kind, low=float(low) if kind == "float" else int(low),
-                 high=float(high) if kind == "float" else int(high), log=log,
-                 step=None if step is None else (float(step) if kind == "float" else int(step)))
+    return Param(
+        knob,
+        kind,
+        low=float(low) if kind == "float" else int(low),
+        high=float(high) if kind == "float" else int(high),
+        log=log,
+        step=None if step is None else (float(step) if kind == "float" else int(step)),
+    )
 
 
 def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None) -> None:

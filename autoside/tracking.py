@@ -133,8 +133,9 @@ def set_tags(mlflow_client, run_id: str, tags: dict[str, str]) -> None:  # noqa:
     retry(lambda: mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
 
-def start_parent(tracking_uri: str, root: Path, name: str, *, params: dict[str, str], tags: dict[str, str],
-                 artifacts: dict[str, Any]) -> tuple[str, str]:
+def start_parent(
+    tracking_uri: str, root: Path, name: str, *, params: dict[str, str], tags: dict[str, str], artifacts: dict[str, Any]
+) -> tuple[str, str]:
     """Create the experiment (one per search, named like it) and its parent run; returns (experiment id, run id)."""
     c = client(tracking_uri)
     experiment = retry(lambda: c.get_experiment_by_name(name))
@@ -160,8 +161,9 @@ def trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     runs, token = [], None
     while True:
-        page = retry(lambda t=token: c.search_runs([experiment_id], filter_string=query, max_results=1000,
-                                                   page_token=t))
+        page = retry(
+            lambda t=token: c.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=t)
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -189,23 +191,48 @@ class TrialRun:
         self.run_id = run_id
 
     @classmethod
-    def start(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, *, number: int, trial_id: str,
-              search: str, params: dict[str, Any], config: dict[str, Any]) -> TrialRun:
+    def start(
+        cls,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        *,
+        number: int,
+        trial_id: str,
+        search: str,
+        params: dict[str, Any],
+        config: dict[str, Any],
+    ) -> TrialRun:
         c = client(tracking_uri)
-        tags = {"mlflow.parentRunId": parent_run_id, TRIAL_NUMBER_TAG: str(number), SEARCH_TAG: search,
-                "autoside.trial_id": trial_id, "family": str(config.get("family", "")), "status": "running"}
+        tags = {
+            "mlflow.parentRunId": parent_run_id,
+            TRIAL_NUMBER_TAG: str(number),
+            SEARCH_TAG: search,
+            "autoside.trial_id": trial_id,
+            "family": str(config.get("family", "")),
+            "status": "running",
+        }
         run = retry(lambda: c.create_run(experiment_id, run_name=f"trial-{trial_id}", tags=tags))
         self = cls.__new__(cls)
         self.client, self.run_id = c, run.info.run_id
-        log_params(c, self.run_id, {**{k: str(v) for k, v in params.items()},
-                                    **{f"sidenet.{k}": v for k, v in flat(config).items()}})
+        log_params(
+            c,
+            self.run_id,
+            {**{k: str(v) for k, v in params.items()}, **{f"sidenet.{k}": v for k, v in flat(config).items()}},
+        )
         return self
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
-    def finish(self, status: str, metrics: dict[str, Any] | None = None, *, tags: dict[str, str] | None = None,
-               artifacts_dir: Path | None = None) -> None:
+    def finish(
+        self,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        artifacts_dir: Path | None = None,
+    ) -> None:
         if metrics:
             final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             log_metrics(self.client, self.run_id, {f"final_{k}" if k == "epoch" else k: v for k, v in final.items()})

@@ -57,10 +57,26 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def result_record(*, number: int, params: dict[str, Any], config: dict[str, Any], status: str,
-                  metrics: dict[str, Any], mlflow_run_id: str | None, **extra: Any) -> dict[str, Any]:
-    return {"trial_id": trial_id_of(number), "number": number, "status": status, "params": params,
-            "config": config, "metrics": metrics, "mlflow_run_id": mlflow_run_id, **extra}
+def result_record(
+    *,
+    number: int,
+    params: dict[str, Any],
+    config: dict[str, Any],
+    status: str,
+    metrics: dict[str, Any],
+    mlflow_run_id: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "trial_id": trial_id_of(number),
+        "number": number,
+        "status": status,
+        "params": params,
+        "config": config,
+        "metrics": metrics,
+        "mlflow_run_id": mlflow_run_id,
+        **extra,
+    }
 
 
 @lru_cache(maxsize=4)
@@ -91,8 +107,15 @@ def run_search_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     ctx = TrialContext(**context)
     number, params = int(config["trial_number"]), dict(config["params"])
     record = execute_trial(ctx, number, params, report=lambda metrics: tune.report(metrics))
-    tune.report(final_report(record["status"], record["metrics"], ctx.budget_bytes, trial_number=number,
-                             mlflow_run_id=record["mlflow_run_id"]))
+    tune.report(
+        final_report(
+            record["status"],
+            record["metrics"],
+            ctx.budget_bytes,
+            trial_number=number,
+            mlflow_run_id=record["mlflow_run_id"],
+        )
+    )
 
 
 def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, report=None) -> dict[str, Any]:  # noqa: ANN001, C901
@@ -116,8 +139,16 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     side_config = space_from_dict(ctx.space).config_from_params(params)
     recipe = replace(recipe_from_dict(ctx.recipe), memory_budget=ctx.budget_bytes)
     config_dict = side_config.to_dict()
-    run = tracking.TrialRun.start(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, number=number,
-                                  trial_id=trial_id, search=ctx.name, params=params, config=config_dict)
+    run = tracking.TrialRun.start(
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        number=number,
+        trial_id=trial_id,
+        search=ctx.name,
+        params=params,
+        config=config_dict,
+    )
     status, metrics, extra, export_dir = "ok", {}, {}, None
     model = None
     try:
@@ -128,8 +159,11 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         if ctx.budget_bytes is not None:
             prediction = predict_peak_memory(model, task, recipe, device=device)
             extra["memory_prediction"] = prediction.to_dict()
-            tracking.log_metrics(run.client, run.run_id, {"predicted_peak_memory_bytes": prediction.predicted_bytes,
-                                                          "prediction_seconds": prediction.seconds})
+            tracking.log_metrics(
+                run.client,
+                run.run_id,
+                {"predicted_peak_memory_bytes": prediction.predicted_bytes, "prediction_seconds": prediction.seconds},
+            )
             if prediction.predicted_bytes > ctx.budget_bytes:
                 raise MemoryBudgetExceeded(prediction.predicted_bytes, ctx.budget_bytes, where="predicted training")
 
@@ -143,29 +177,59 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         from autoside.export import save_pretrained
 
         export_dir = save_pretrained(
-            model, trial_dir / "side_network", metrics={k: v for k, v in metrics.items() if k != "history"},
-            extra={"search": ctx.name, "trial_id": trial_id, "params": params, "classes": list(task.classes)
-                   if hasattr(task, "classes") else None}, overwrite=True)
+            model,
+            trial_dir / "side_network",
+            metrics={k: v for k, v in metrics.items() if k != "history"},
+            extra={
+                "search": ctx.name,
+                "trial_id": trial_id,
+                "params": params,
+                "classes": list(task.classes) if hasattr(task, "classes") else None,
+            },
+            overwrite=True,
+        )
     except MemoryBudgetExceeded as exc:
         status = "infeasible"
-        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": exc.used_bytes,
-                        "memory_source": "predicted" if "predicted" in str(exc) else "stopped_at_budget"})
+        metrics.update(
+            {
+                "val_accuracy": 0.0,
+                "peak_memory_bytes": exc.used_bytes,
+                "memory_source": "predicted" if "predicted" in str(exc) else "stopped_at_budget",
+            }
+        )
         extra["reason"] = str(exc)
     except torch.OutOfMemoryError as exc:
         status = "infeasible"
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": max(int(peak), int(ctx.budget_bytes or 0) + 1),
-                        "memory_source": "cuda_out_of_memory"})
+        metrics.update(
+            {
+                "val_accuracy": 0.0,
+                "peak_memory_bytes": max(int(peak), int(ctx.budget_bytes or 0) + 1),
+                "memory_source": "cuda_out_of_memory",
+            }
+        )
         extra["reason"] = f"CUDA out of memory under the budget cap: {str(exc).splitlines()[0][:200]}"
     except Exception as exc:  # noqa: BLE001 - any other error fails this trial only; the search goes on
         status = "failed"
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         (trial_dir / "error.txt").write_text(traceback.format_exc())
     extra["wall_time_s"] = time.time() - started
-    run.finish(status, {k: v for k, v in metrics.items() if k != "history"},
-               tags={"reason": extra["reason"][:5000]} if "reason" in extra else None, artifacts_dir=export_dir)
-    record = result_record(number=number, params=params, config=config_dict, status=status, metrics=metrics,
-                           mlflow_run_id=run.run_id, artifact_dir=str(export_dir) if export_dir else None,
-                           finished_at=time.time(), **extra)
+    run.finish(
+        status,
+        {k: v for k, v in metrics.items() if k != "history"},
+        tags={"reason": extra["reason"][:5000]} if "reason" in extra else None,
+        artifacts_dir=export_dir,
+    )
+    record = result_record(
+        number=number,
+        params=params,
+        config=config_dict,
+        status=status,
+        metrics=metrics,
+        mlflow_run_id=run.run_id,
+        artifact_dir=str(export_dir) if export_dir else None,
+        finished_at=time.time(),
+        **extra,
+    )
     write_json_atomic(trial_dir / "result.json", record)
     return record

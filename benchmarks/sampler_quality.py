@@ -26,17 +26,30 @@ SPACE = {
     "families": {
         "linear": {"dropout": {"type": "categorical", "choices": [0.0, 0.3]}},
         "full": {},
-        "losa": {"channel_rank": {"type": "categorical", "choices": [4, 16, 64]},
-                 "token_rank": {"type": "categorical", "choices": [2, 4]},
-                 "layer_stride": {"type": "categorical", "choices": [1, 3]}},
-        "dtl": {"rank": {"type": "categorical", "choices": [1, 4, 16]},
-                "merge_from": {"type": "categorical", "choices": [1, 6, 12]},
-                "kernel_size": {"type": "categorical", "choices": [0, 3]}},
+        "losa": {
+            "channel_rank": {"type": "categorical", "choices": [4, 16, 64]},
+            "token_rank": {"type": "categorical", "choices": [2, 4]},
+            "layer_stride": {"type": "categorical", "choices": [1, 3]},
+        },
+        "dtl": {
+            "rank": {"type": "categorical", "choices": [1, 4, 16]},
+            "merge_from": {"type": "categorical", "choices": [1, 6, 12]},
+            "kernel_size": {"type": "categorical", "choices": [0, 3]},
+        },
     },
 }
-RECIPE = {"name": "cheap", "dataset": {"name": "digits", "train_size": 512, "val_size": 256, "test_size": 64},
-          "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"}, "image_size": 32, "epochs": 2,
-          "batch_size": 32, "lr": 0.003, "warmup_epochs": 0, "device": "cpu", "threads": 1}
+RECIPE = {
+    "name": "cheap",
+    "dataset": {"name": "digits", "train_size": 512, "val_size": 256, "test_size": 64},
+    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
+    "image_size": 32,
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 0.003,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+}
 
 
 def grid() -> list[dict]:
@@ -71,8 +84,11 @@ def build_table(path: Path) -> dict[str, dict]:
         tic = time.perf_counter()
         model = build_model(recipe, task.num_classes, space.config_from_params(params))
         r = train_model(model, task, recipe, device=torch.device("cpu"))
-        table[key(params)] = {"val_accuracy": r.val_accuracy, "peak_memory_bytes": r.peak_memory_bytes,
-                              "seconds": time.perf_counter() - tic}
+        table[key(params)] = {
+            "val_accuracy": r.val_accuracy,
+            "peak_memory_bytes": r.peak_memory_bytes,
+            "seconds": time.perf_counter() - tic,
+        }
         path.write_text(json.dumps(table, indent=1))
     return table
 
@@ -92,16 +108,24 @@ def run_sampler(name: str, seed: int, trials: int, table: dict, budget: int) -> 
     from autoside.space import space_from_dict
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    searcher = AutosideOptunaSearch(space_from_dict(SPACE), objectives=("accuracy", "memory"),
-                                    sampler=make_sampler(name, seed=seed, num_samples=trials),
-                                    storage=optuna.storages.InMemoryStorage(), study_name="b", budget_bytes=budget)
+    searcher = AutosideOptunaSearch(
+        space_from_dict(SPACE),
+        objectives=("accuracy", "memory"),
+        sampler=make_sampler(name, seed=seed, num_samples=trials),
+        storage=optuna.storages.InMemoryStorage(),
+        study_name="b",
+        budget_bytes=budget,
+    )
     records = []
     for i in range(trials):
         config = searcher.suggest(str(i))
         m = table[key(config["params"])]
         status = "ok" if m["peak_memory_bytes"] <= budget else "infeasible"
-        result = {"autoside_status": status, "val_accuracy": m["val_accuracy"] if status == "ok" else 0.0,
-                  "peak_memory_bytes": m["peak_memory_bytes"]}
+        result = {
+            "autoside_status": status,
+            "val_accuracy": m["val_accuracy"] if status == "ok" else 0.0,
+            "peak_memory_bytes": m["peak_memory_bytes"],
+        }
         searcher.on_trial_complete(str(i), result)
         records.append(Rec(f"{i:04d}", status, result))
     return search_hypervolume(records, budget_bytes=budget)
@@ -124,16 +148,30 @@ def main() -> None:
     table = build_table(args.table)
     mems = sorted(v["peak_memory_bytes"] for v in table.values())
     budget = mems[int(0.75 * len(mems))]  # a quarter of the space does not fit
-    best = search_hypervolume([Rec(k, "ok" if v["peak_memory_bytes"] <= budget else "infeasible", v)
-                               for k, v in table.items()], budget_bytes=budget)
-    out = {"configs": len(table), "budget_bytes": budget, "trials": args.trials, "seeds": args.seeds,
-           "best_possible_hv": best, "samplers": {}}
+    best = search_hypervolume(
+        [Rec(k, "ok" if v["peak_memory_bytes"] <= budget else "infeasible", v) for k, v in table.items()],
+        budget_bytes=budget,
+    )
+    out = {
+        "configs": len(table),
+        "budget_bytes": budget,
+        "trials": args.trials,
+        "seeds": args.seeds,
+        "best_possible_hv": best,
+        "samplers": {},
+    }
     for name in args.samplers.split(","):
         hvs = [run_sampler(name, seed, args.trials, table, budget) for seed in range(args.seeds)]
-        out["samplers"][name] = {"mean": statistics.mean(hvs), "stdev": statistics.stdev(hvs) if len(hvs) > 1 else 0,
-                                 "all": hvs}
-        print(f"{name:7s} hypervolume after {args.trials} trials: {statistics.mean(hvs):.4f} +- "
-              f"{statistics.stdev(hvs) if len(hvs) > 1 else 0:.4f} (best possible {best:.4f})", flush=True)
+        out["samplers"][name] = {
+            "mean": statistics.mean(hvs),
+            "stdev": statistics.stdev(hvs) if len(hvs) > 1 else 0,
+            "all": hvs,
+        }
+        print(
+            f"{name:7s} hypervolume after {args.trials} trials: {statistics.mean(hvs):.4f} +- "
+            f"{statistics.stdev(hvs) if len(hvs) > 1 else 0:.4f} (best possible {best:.4f})",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

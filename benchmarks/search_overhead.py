@@ -22,10 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-RECIPE = {"name": "overhead", "dataset": {"name": "animal_mnist", "train_size": 800, "val_size": 200,
-                                           "test_size": 500},
-          "backbone": {"name": "tf_efficientnet_lite0", "weights": "pretrained"}, "image_size": 64, "epochs": 6,
-          "batch_size": 64, "lr": 0.003, "warmup_epochs": 0, "device": "cpu", "threads": 1}
+RECIPE = {
+    "name": "overhead",
+    "dataset": {"name": "animal_mnist", "train_size": 800, "val_size": 200, "test_size": 500},
+    "backbone": {"name": "tf_efficientnet_lite0", "weights": "pretrained"},
+    "image_size": 64,
+    "epochs": 6,
+    "batch_size": 64,
+    "lr": 0.003,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+}
 SPACE = {"name": "fixed", "families": {"linear": {"dropout": 0.1}}}
 
 
@@ -54,13 +62,26 @@ def through_search(recipe: dict, trials: int, root: Path) -> dict:
     import autoside
 
     tic = time.perf_counter()
-    result = autoside.search(SPACE, recipe, num_samples=trials, max_concurrent=1, memory_budget="2GiB",
-                             root=str(root), name="overhead", progress=False)
+    result = autoside.search(
+        SPACE,
+        recipe,
+        num_samples=trials,
+        max_concurrent=1,
+        memory_budget="2GiB",
+        root=str(root),
+        name="overhead",
+        progress=False,
+    )
     total = time.perf_counter() - tic
     finished = sorted(r.raw["finished_at"] for r in result.trials)
-    return {"total_s": total, "finished_at": finished, "statuses": [r.status for r in result.trials],
-            "prediction_s": [r.raw.get("memory_prediction", {}).get("seconds") for r in result.trials],
-            "trial_wall_s": [r.raw.get("wall_time_s") for r in result.trials], "start": time.time() - total}
+    return {
+        "total_s": total,
+        "finished_at": finished,
+        "statuses": [r.status for r in result.trials],
+        "prediction_s": [r.raw.get("memory_prediction", {}).get("seconds") for r in result.trials],
+        "trial_wall_s": [r.raw.get("wall_time_s") for r in result.trials],
+        "start": time.time() - total,
+    }
 
 
 def main() -> None:
@@ -78,19 +99,29 @@ def main() -> None:
     steady = statistics.median(intervals) - t_direct if intervals else float("nan")
     first = s["finished_at"][0] - s["start"]
     amortised = (s["total_s"] - args.trials * t_direct) / args.trials
-    numbers = {"trials": args.trials, "direct_trial_s": t_direct, "direct_all_s": d, "search_total_s": s["total_s"],
-               "steady_overhead_per_trial_s": steady, "steady_overhead_pct_of_30s": 100 * steady / 30,
-               "steady_overhead_pct_of_this_trial": 100 * steady / t_direct,
-               "first_trial_done_after_s": first, "one_time_s": first - t_direct - max(steady, 0),
-               "amortised_overhead_per_trial_s": amortised, "prediction_s": s["prediction_s"],
-               "statuses": s["statuses"]}
+    numbers = {
+        "trials": args.trials,
+        "direct_trial_s": t_direct,
+        "direct_all_s": d,
+        "search_total_s": s["total_s"],
+        "steady_overhead_per_trial_s": steady,
+        "steady_overhead_pct_of_30s": 100 * steady / 30,
+        "steady_overhead_pct_of_this_trial": 100 * steady / t_direct,
+        "first_trial_done_after_s": first,
+        "one_time_s": first - t_direct - max(steady, 0),
+        "amortised_overhead_per_trial_s": amortised,
+        "prediction_s": s["prediction_s"],
+        "statuses": s["statuses"],
+    }
     print(json.dumps(numbers, indent=2))
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")
     ok = steady <= 3.0
-    print(f"steady-state overhead {steady:.2f} s per trial = {numbers['steady_overhead_pct_of_30s']:.1f} % of a "
-          f"30-second trial ({'OK' if ok else 'OVER'} the 10 % bar); one-time {numbers['one_time_s']:.1f} s; "
-          f"amortised over {args.trials} trials {amortised:.2f} s per trial")
+    print(
+        f"steady-state overhead {steady:.2f} s per trial = {numbers['steady_overhead_pct_of_30s']:.1f} % of a "
+        f"30-second trial ({'OK' if ok else 'OVER'} the 10 % bar); one-time {numbers['one_time_s']:.1f} s; "
+        f"amortised over {args.trials} trials {amortised:.2f} s per trial"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,11 @@ def test_non_dominated_matches_brute_force() -> None:
     rng = random.Random(0)
     for _ in range(50):
         pts = [(rng.random(), rng.randint(1, 20)) for _ in range(rng.randint(1, 30))]
-        expected = [i for i, p in enumerate(pts)
-                    if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in pts)]
+        expected = [
+            i
+            for i, p in enumerate(pts)
+            if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in pts)
+        ]
         assert non_dominated(pts, ["max", "min"]) == expected
 
 
@@ -67,8 +70,14 @@ def test_hypervolume_3d_matches_monte_carlo() -> None:
 
 
 def test_front_excludes_infeasible_failed_and_over_budget() -> None:
-    records = [rec(0, 0.9, 500), rec(1, 0.99, 50, "infeasible"), rec(2, 0.7, 100), rec(3, 0.95, 2000),
-               rec(4, 0.6, 200), Rec("0005", "pruned", {"val_accuracy": 1.0, "peak_memory_bytes": 1})]
+    records = [
+        rec(0, 0.9, 500),
+        rec(1, 0.99, 50, "infeasible"),
+        rec(2, 0.7, 100),
+        rec(3, 0.95, 2000),
+        rec(4, 0.6, 200),
+        Rec("0005", "pruned", {"val_accuracy": 1.0, "peak_memory_bytes": 1}),
+    ]
     front = pareto_front(records, budget_bytes=1000)
     assert [r.trial_id for r in front] == ["0002", "0000"]
     assert search_hypervolume(records, budget_bytes=1000) == pytest.approx(0.7 * 0.9 + 0.2 * 0.5)

@@ -20,11 +20,22 @@ from autoside.pareto import non_dominated
 from autoside.results import open_search
 from autoside.space import space_from_dict
 
-SPACE = {"name": "tiny", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}},
-                                      "full": {}}}
-RECIPE = {"name": "tinyvit", "dataset": {"name": "digits", "train_size": 192, "val_size": 64, "test_size": 64},
-          "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"}, "image_size": 32, "epochs": 1,
-          "batch_size": 32, "lr": 0.003, "warmup_epochs": 0, "device": "cpu", "threads": 1}
+SPACE = {
+    "name": "tiny",
+    "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}, "full": {}},
+}
+RECIPE = {
+    "name": "tinyvit",
+    "dataset": {"name": "digits", "train_size": 192, "val_size": 64, "test_size": 64},
+    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
+    "image_size": 32,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.003,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+}
 BUDGET = 64 * 2**20  # linear probes (~23 MiB) fit, full fine-tuning (~110 MiB) does not
 
 
@@ -58,16 +69,23 @@ def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -
     scheduler = RecordingASHA(metric="val_accuracy", mode="max", max_t=3)
     recorded = []
     searcher = AutosideOptunaSearch(
-        space, objectives=("accuracy", "memory"), sampler=optuna.samplers.RandomSampler(seed=0), storage=storage,
-        study_name="s", budget_bytes=1000, scheduler=scheduler,
-        on_finish=lambda number, status, last, params: recorded.append((number, status)))
+        space,
+        objectives=("accuracy", "memory"),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        storage=storage,
+        study_name="s",
+        budget_bytes=1000,
+        scheduler=scheduler,
+        on_finish=lambda number, status, last, params: recorded.append((number, status)),
+    )
     ids = [f"t{i}" for i in range(5)]
     configs = [searcher.suggest(t) for t in ids]
     assert [c["trial_number"] for c in configs] == [0, 1, 2, 3, 4]
     final = {"autoside_status": "ok", "val_accuracy": 0.8, "peak_memory_bytes": 900}
     searcher.on_trial_complete("t0", final)
-    searcher.on_trial_complete("t1", {**final, "autoside_status": "infeasible", "val_accuracy": 0.0,
-                                      "peak_memory_bytes": 5000})
+    searcher.on_trial_complete(
+        "t1", {**final, "autoside_status": "infeasible", "val_accuracy": 0.0, "peak_memory_bytes": 5000}
+    )
     # An epoch result, then the scheduler stops the trial: PRUNED, never a COMPLETE low-fidelity point.
     searcher.on_trial_result("t2", {"val_accuracy": 0.3, "peak_memory_bytes": 800, "training_iteration": 1})
     scheduler.stopped.add("t2")
@@ -131,8 +149,16 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     monkeypatch.setattr(pm, "predict_peak_memory", optimistic)
     uri = tracking.default_tracking_uri(tmp_path)
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
-    ctx = TrialContext(name="x", search_dir=str(tmp_path / "x"), space=SPACE, recipe=RECIPE, budget_bytes=BUDGET,
-                       tracking_uri=uri, experiment_id=experiment, parent_run_id=parent)
+    ctx = TrialContext(
+        name="x",
+        search_dir=str(tmp_path / "x"),
+        space=SPACE,
+        recipe=RECIPE,
+        budget_bytes=BUDGET,
+        tracking_uri=uri,
+        experiment_id=experiment,
+        parent_run_id=parent,
+    )
     record = execute_trial(ctx, 0, {"family": "full"})
     assert record["status"] == "infeasible"
     assert record["metrics"]["memory_source"] == "stopped_at_budget"
@@ -170,14 +196,20 @@ def test_unknown_family_in_cli(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_driver_and_resume(tmp_path: Path) -> None:
-    space, recipe = _write(tmp_path, space={"families": SPACE["families"] | {}, "name": "tiny"},
-                           recipe={**RECIPE, "epochs": 2})
+    space, recipe = _write(
+        tmp_path, space={"families": SPACE["families"] | {}, "name": "tiny"}, recipe={**RECIPE, "epochs": 2}
+    )
     root, n = tmp_path / "runs", 6
     cmd = [sys.executable, "-m", "autoside.cli", "search"]
     common = ["--root", str(root), "--quiet", "--max-concurrent", "2", "--memory-budget", str(BUDGET)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*cmd, str(space), str(recipe), "--name", "k", "--num-samples", str(n), *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cmd, str(space), str(recipe), "--name", "k", "--num-samples", str(n), *common],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     trials = root / "k" / "trials"
     deadline = time.time() + 240
     while len(list(trials.glob("*/result.json"))) < 2:
@@ -189,8 +221,9 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
     before = {p.parent.name: p.read_text() for p in trials.glob("*/result.json")}
     assert 2 <= len(before) < n
     time.sleep(3)  # let Ray's reaper take the killed driver's cluster down
-    out = subprocess.run([*cmd, "--resume", "k", "--json", *common[:2]], env=env, capture_output=True, text=True,
-                         timeout=420)
+    out = subprocess.run(
+        [*cmd, "--resume", "k", "--json", *common[:2]], env=env, capture_output=True, text=True, timeout=420
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = open_search("k", root=root)
     assert result.status == "finished"
@@ -212,20 +245,35 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
 def ray_cluster():  # noqa: ANN201
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=128 * 2**20, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=128 * 2**20,
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_search_tracks_every_trial_and_pareto_is_exact(tmp_path: Path, ray_cluster: None,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_search_tracks_every_trial_and_pareto_is_exact(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
     import autoside
 
-    result = autoside.search(SPACE, RECIPE, num_samples=6, max_concurrent=2, memory_budget=BUDGET, seed=1,
-                             root=str(tmp_path / "runs"), name="main")
+    result = autoside.search(
+        SPACE,
+        RECIPE,
+        num_samples=6,
+        max_concurrent=2,
+        memory_budget=BUDGET,
+        seed=1,
+        root=str(tmp_path / "runs"),
+        name="main",
+    )
     assert "front" in capsys.readouterr().out  # live progress
     assert len(result.trials) == 6 and result.status == "finished"
     statuses = {r.status for r in result.trials}
@@ -233,8 +281,14 @@ def test_search_tracks_every_trial_and_pareto_is_exact(tmp_path: Path, ray_clust
 
     # Pareto set == brute-force non-dominated filter of the feasible trials.
     pool = [r for r in result.trials if r.status == "ok" and r.memory <= BUDGET]
-    brute = [p for p in pool if not any(q.accuracy >= p.accuracy and q.memory <= p.memory and
-                                        (q.accuracy > p.accuracy or q.memory < p.memory) for q in pool)]
+    brute = [
+        p
+        for p in pool
+        if not any(
+            q.accuracy >= p.accuracy and q.memory <= p.memory and (q.accuracy > p.accuracy or q.memory < p.memory)
+            for q in pool
+        )
+    ]
     assert {r.trial_id for r in result.pareto} == {r.trial_id for r in brute}
     pts = [(r.accuracy, r.memory) for r in pool]
     assert {pool[i].trial_id for i in non_dominated(pts, ["max", "min"])} == {r.trial_id for r in brute}
@@ -282,11 +336,23 @@ def test_search_tracks_every_trial_and_pareto_is_exact(tmp_path: Path, ray_clust
 def test_asha_prunes_are_recorded_as_pruned(tmp_path: Path, ray_cluster: None) -> None:
     import autoside
 
-    space = {"name": "lin", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.9,
-                                                                 "step": 0.1}}}}
+    space = {
+        "name": "lin",
+        "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.9, "step": 0.1}}},
+    }
     recipe = {**RECIPE, "epochs": 3, "lr": 0.0003}
-    result = autoside.search(space, recipe, num_samples=6, max_concurrent=1, scheduler="asha", sampler="random",
-                             seed=3, root=str(tmp_path / "runs"), name="asha", progress=False)
+    result = autoside.search(
+        space,
+        recipe,
+        num_samples=6,
+        max_concurrent=1,
+        scheduler="asha",
+        sampler="random",
+        seed=3,
+        root=str(tmp_path / "runs"),
+        name="asha",
+        progress=False,
+    )
     study = optuna.load_study(study_name="asha", storage=result.optuna_storage)
     for t in study.get_trials():
         record = result.trial(t.number)

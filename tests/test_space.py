@@ -14,8 +14,10 @@ from autoside.sidenets import list_families
 from autoside.space import load_space, space_from_dict
 
 SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
-TEST_SPACE = {"name": "t", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}},
-                                        "full": {}}}
+TEST_SPACE = {
+    "name": "t",
+    "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}, "full": {}},
+}
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
@@ -60,8 +62,10 @@ def _error(data: dict) -> str:
         ({"linear": {"dropout": {"type": "float", "low": 0.5, "high": 0.1}}}, "low (0.5) is greater than high (0.1)"),
         ({"linear": {"dropout": {"type": "categorical", "choices": []}}}, "choices: expected a non-empty list"),
         ({"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "log": True}}}, "log scale needs low > 0"),
-        ({"linear": {"dropout": {"type": "float", "low": 0.1, "high": 0.5, "log": True, "step": 0.1}}},
-         "log and step cannot be combined"),
+        (
+            {"linear": {"dropout": {"type": "float", "low": 0.1, "high": 0.5, "log": True, "step": 0.1}}},
+            "log and step cannot be combined",
+        ),
         ({"linear": {"dropout": {"type": "normal", "low": 0, "high": 1}}}, "type: expected one of float, int"),
         ({"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "hi": 1}}}, "dropout.hi: unknown key"),
         ({"linear": {"dropout": {"type": "float", "low": "a", "high": 0.5}}}, "low: expected a number"),
