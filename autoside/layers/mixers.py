@@ -25,52 +25,44 @@ MixerComponents = Literal["both", "channel", "token"]
 class _MixerBranch(nn.Module):
     """Pre-norm low-rank MLP branch; with ``recompute`` the LayerNorm output is recomputed in backward.
 
-    The normalised ``(B, N, d)`` tensor would otherwise be kept for the down-projection's weight gradient: recomputing
-    it (a LayerNorm and a thin matmul) keeps only the branch input and the rank-sized hidden state, which halves LoSA's
-    activation memory without changing the result.
+    ``over_tokens`` mixes along the token axis (the MLP sees ``(B, d, N)``), else along channels. The normalised
+    ``(B, N, d)`` tensor would otherwise be kept for the down-projection's weight gradient: recomputing it (a LayerNorm
+    and a thin matmul) keeps only the branch input and the rank-sized hidden state, which halves LoSA's activation
+    memory without changing the result.
     """
 
-    def __init__(self, dim: int, features: int, rank: int, act_layer: str, recompute: bool) -> None:
+    def __init__(self, dim: int, features: int, rank: int, act_layer: str, recompute: bool, over_tokens: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.mlp = LowRankMLP(features, rank, act_layer=act_layer)
         self.recompute = recompute
+        self.over_tokens = over_tokens
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _up(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.mlp.up(self.mlp.act(hidden))
+        x = self.norm(x)
+        return self.mlp.down(x.transpose(1, 2) if self.over_tokens else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute and torch.is_grad_enabled():
             hidden = checkpoint(self._down, x, use_reentrant=False)
         else:
             hidden = self._down(x)
-        return self._up(hidden)
+        out = self.mlp.up(self.mlp.act(hidden))
+        return out.transpose(1, 2) if self.over_tokens else out
 
 
 class ChannelMixer(_MixerBranch):
     """``LN -> d -> r_c -> d`` over channels (the update only; the caller adds the residual)."""
 
     def __init__(self, dim: int, rank: int, act_layer: str = "gelu", recompute: bool = True) -> None:
-        super().__init__(dim, dim, rank, act_layer, recompute)
-
-    def _down(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp.down(self.norm(x))
+        super().__init__(dim, dim, rank, act_layer, recompute, over_tokens=False)
 
 
 class TokenMixer(_MixerBranch):
     """``LN -> N -> r_t -> N`` over tokens, for a fixed number of tokens ``num_tokens`` (the update only)."""
 
     def __init__(self, dim: int, num_tokens: int, rank: int, act_layer: str = "gelu", recompute: bool = True) -> None:
-        super().__init__(dim, num_tokens, rank, act_layer, recompute)
-
-    def _down(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp.down(self.norm(x).transpose(1, 2))
-
-    def _up(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super()._up(hidden).transpose(1, 2)
+        super().__init__(dim, num_tokens, rank, act_layer, recompute, over_tokens=True)
 
 
 class LowRankMixer(nn.Module):
