@@ -119,6 +119,21 @@ def _sidenets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from autoside.pretrain import add_arguments
+
+    add_arguments(p)
+
+
+@command("pretrain", "pretrain a shipped backbone (vit12_fmnist, resnet4s_fmnist) on Fashion-MNIST from scratch")(
+    _pretrain_args
+)
+def _pretrain(args: argparse.Namespace) -> int:
+    from autoside.pretrain import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoside", description="Search side networks for frozen vision backbones.")
     sub = parser.add_subparsers(dest="command", required=True)

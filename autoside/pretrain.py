@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,21 +32,30 @@ from autoside.data.fashion_mnist import load_fashion_mnist
 MEAN = (0.2860, 0.2860, 0.2860)  # Fashion-MNIST training-set pixel mean, repeated to 3 channels
 STD = (0.3530, 0.3530, 0.3530)
 
+# Shared training recipe: light augmentation (random crop from zero padding, horizontal flip), AdamW with a
+# one-epoch warmup then cosine decay, label smoothing. Each backbone overrides only the learning rate.
+_RECIPE = {
+    "epochs": 15,
+    "batch_size": 128,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "crop_padding": 2,
+    "hflip": True,
+}
 # Each backbone: timm constructor, classifier module name and the default training recipe.
 BACKBONES: dict[str, dict[str, Any]] = {
     "vit12_fmnist": {
         "timm_model": "vit_tiny_patch16_224",
         "timm_kwargs": {"img_size": 28, "patch_size": 7, "embed_dim": 96, "depth": 12, "num_heads": 3},
         "classifier": "head",
-        "recipe": {"epochs": 15, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1,
-                   "label_smoothing": 0.1, "crop_padding": 2, "hflip": True},
+        "recipe": {**_RECIPE, "lr": 1e-3},
     },
     "resnet4s_fmnist": {
         "timm_model": "resnet18",
         "timm_kwargs": {"layers": [2, 2, 2, 2], "channels": [24, 48, 96, 192]},
         "classifier": "fc",
-        "recipe": {"epochs": 15, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1,
-                   "label_smoothing": 0.1, "crop_padding": 2, "hflip": True},
+        "recipe": {**_RECIPE, "lr": 2e-3},
     },
 }
 ALIASES = {"vit": "vit12_fmnist", "resnet": "resnet4s_fmnist"}
@@ -120,11 +130,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _train(
-    model: torch.nn.Module, recipe: dict[str, Any], data: tuple[torch.Tensor, ...], gen: torch.Generator,
-    log_name: str | None,
+    model: torch.nn.Module, recipe: dict[str, Any], data: tuple[torch.Tensor, ...], log_name: str | None
 ) -> list[dict[str, float]]:
     """AdamW + per-step linear warmup / cosine decay, label smoothing, test accuracy after every epoch."""
     x_train, y_train, x_test, y_test = data
+    gen = torch.Generator().manual_seed(recipe["seed"])  # drives shuffling and augmentation
     opt = torch.optim.AdamW(_param_groups(model, recipe["weight_decay"]), lr=recipe["lr"])
     steps_per_epoch = math.ceil(len(x_train) / recipe["batch_size"])
     total, warmup = recipe["epochs"] * steps_per_epoch, recipe["warmup_epochs"] * steps_per_epoch
@@ -152,11 +162,14 @@ def _train(
             loss_sum += loss.item() * len(idx)
         acc = evaluate(model, x_test, y_test)
         elapsed = time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(perm), 5), "test_accuracy": acc,
-                        "seconds": round(elapsed, 1)})
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / len(perm), 5), "test_accuracy": acc}
+        history.append({**row, "seconds": round(elapsed, 1)})
         if log_name:
-            print(f"[{log_name}] epoch {epoch + 1}/{recipe['epochs']} loss {loss_sum / len(perm):.4f} "
-                  f"test acc {acc:.4f} ({elapsed:.0f}s)", flush=True)
+            print(
+                f"[{log_name}] epoch {epoch + 1}/{recipe['epochs']} loss {loss_sum / len(perm):.4f} "
+                f"test acc {acc:.4f} ({elapsed:.0f}s)",
+                flush=True,
+            )
     return history
 
 
@@ -186,8 +199,14 @@ def pretrain(
     spec = BACKBONES[name]
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
     recipe = {**spec["recipe"], **{k: v for k, v in overrides.items() if v is not None}}
-    recipe.update(seed=seed, optimizer="AdamW(betas=(0.9, 0.999))", schedule="linear warmup then cosine to 0, per step",
-                  train_subset=train_subset, test_subset=test_subset, threads=torch.get_num_threads())
+    recipe.update(
+        seed=seed,
+        optimizer="AdamW(betas=(0.9, 0.999))",
+        schedule="linear warmup then cosine to 0, per step",
+        train_subset=train_subset,
+        test_subset=test_subset,
+        threads=torch.get_num_threads(),
+    )
 
     x_train, y_train = (torch.from_numpy(a[:train_subset]) for a in load_fashion_mnist("train", data_root))
     x_test, y_test = (torch.from_numpy(a[:test_subset]) for a in load_fashion_mnist("test", data_root))
@@ -197,8 +216,7 @@ def pretrain(
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     try:
-        history = _train(model, recipe, (x_train, y_train, x_test, y_test), torch.Generator().manual_seed(seed),
-                         name if log else None)
+        history = _train(model, recipe, (x_train, y_train, x_test, y_test), name if log else None)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     train_seconds = time.perf_counter() - start
@@ -206,7 +224,7 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    blob = save(state, metadata={"format": "pt", "name": name})
+    blob = save(state, metadata={"format": "pt"})  # one key: safetensors writes multi-key metadata in random order
     weights_path = out_dir / f"{name}.safetensors"
     _atomic_write(weights_path, blob)
     sidecar = {
@@ -217,8 +235,13 @@ def pretrain(
         "sha256": hashlib.sha256(blob).hexdigest(),
         "num_classes_pretrained": 10,
         "classifier": spec["classifier"],
-        "data_config": {"input_size": [3, 28, 28], "mean": list(MEAN), "std": list(STD),
-                        "interpolation": "bilinear", "crop_pct": 1.0},
+        "data_config": {
+            "input_size": [3, 28, 28],
+            "mean": list(MEAN),
+            "std": list(STD),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        },
         "license": "Apache-2.0 (weights trained by autoside on Fashion-MNIST, MIT-licensed data)",
         "pretrain": {"dataset": "fashion_mnist", **recipe, "history": history},
         "fashion_mnist_test_accuracy": history[-1]["test_accuracy"],
@@ -232,24 +255,52 @@ def pretrain(
     return sidecar
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python -m autoside.pretrain {vit,resnet} --out DIR``."""
-    parser = argparse.ArgumentParser(description="Pretrain an autoside backbone on Fashion-MNIST from scratch.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``autoside pretrain`` and ``python -m autoside.pretrain``."""
     parser.add_argument("arch", choices=sorted(BACKBONES) + sorted(ALIASES))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "weights",
+        help="folder for <name>.safetensors + <name>.json (default: the shipped weights folder)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--threads", type=int, default=2, help="torch threads; results are reproducible per count")
     parser.add_argument("--train-subset", type=int, help="use only the first N training images (smoke runs)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoside.errors import DataError
+
     torch.set_num_threads(args.threads)
-    info = pretrain(args.arch, args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    train_subset=args.train_subset)
-    print(f"{info['name']}: test accuracy {info['fashion_mnist_test_accuracy']:.4f} in {info['train_seconds']:.0f}s "
-          f"-> {Path(args.out) / info['file']}")
+    try:
+        info = pretrain(
+            args.arch,
+            args.out,
+            seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            train_subset=args.train_subset,
+        )
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+    print(
+        f"{info['name']}: test accuracy {info['fashion_mnist_test_accuracy']:.4f} in {info['train_seconds']:.0f}s "
+        f"-> {Path(args.out) / info['file']}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m autoside.pretrain {vit,resnet} --out DIR`` (the same as ``autoside pretrain``)."""
+    from autoside.cli import main as cli_main
+
+    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ def test_fashion_mnist_missing(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_pretrain_smoke(arch: str, tmp_path: Path) -> None:
-    sidecar = pretrain(arch, tmp_path, epochs=1, batch_size=64, train_subset=256, test_subset=200, log=False)
+    kwargs = {"epochs": 1, "batch_size": 64, "train_subset": 256, "test_subset": 200, "log": False}
+    sidecar = pretrain(arch, tmp_path, **kwargs)
     written = json.loads((tmp_path / f"{sidecar['name']}.json").read_text())
     assert written == json.loads(json.dumps(sidecar))
     weights = tmp_path / written["file"]
@@ -70,3 +72,39 @@ def test_pretrain_smoke(arch: str, tmp_path: Path) -> None:
     assert len(written["pretrain"]["history"]) == 1
     _load_strict(written, weights)
     assert not list(tmp_path.glob("*.tmp"))
+    # Same seed, same thread count: the rerun writes a byte-identical checkpoint.
+    assert pretrain(arch, tmp_path / "again", **kwargs)["sha256"] == written["sha256"]
+
+
+def test_pretrain_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoside.cli",
+        "pretrain",
+        "resnet",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "128",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    if HAVE_FMNIST:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "resnet4s_fmnist.safetensors").is_file() and (tmp_path / "resnet4s_fmnist.json").is_file()
+    missing = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AUTOSIDE_FASHION_MNIST": str(tmp_path / "none")},
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("autoside: error: ") and "dataset-fashion-mnist" in missing.stderr
