@@ -155,15 +155,9 @@ def _default_uri(root: str) -> str:
 def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     """Before anything starts: the space must suit the backbone, and the budget must be above what every
     configuration needs (the frozen backbone's weights and one input batch are resident in every trial)."""
-    from autoside.backbones import create_backbone
+    from autoside.train import build_backbone
 
-    backbone = create_backbone(
-        recipe.backbone.name,
-        weights=recipe.backbone.weights,
-        checkpoint=recipe.backbone.checkpoint,
-        image_size=recipe.image_size,
-        download=recipe.backbone.download,
-    )
+    backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
     if budget is None:
         return

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
 from autoside.memory import MemoryMeter
 from autoside.recipe import Recipe
@@ -226,18 +227,22 @@ def _progress(enabled: bool, total: int, label: str):
 
 def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = None) -> SideNet:
     """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``)."""
-    from autoside.backbones import create_backbone
-
     config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
     torch.manual_seed(recipe.seed)
-    backbone = create_backbone(
+    return create_sidenet(config, build_backbone(recipe), num_classes)
+
+
+def build_backbone(recipe: Recipe) -> Backbone:
+    """The frozen backbone a recipe names, at the recipe's image size."""
+    from autoside.backbones import create_backbone
+
+    return create_backbone(
         recipe.backbone.name,
         weights=recipe.backbone.weights,
         checkpoint=recipe.backbone.checkpoint,
         image_size=recipe.image_size,
         download=recipe.backbone.download,
     )
-    return create_sidenet(config, backbone, num_classes)
 
 
 def run_trial(

@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests that change the thread count (a recipe's ``threads``) do not leak it into the next test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_recipe_dict() -> dict:
     """A recipe that trains in seconds: sklearn digits, EfficientNet-Lite0 (offline ImageNet weights) at 32 px."""

@@ -14,14 +14,6 @@ from autoside.sidenets.dtl import DTLConfig
 from autoside.testing import backbone_blocks, blocks_recording_graph, random_batch, small_vit_backbone, tiny_backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vit_b16():
     # Parameter counts need the real architecture, not its weights: build it on the meta device (no memory, no init).

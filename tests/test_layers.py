@@ -18,14 +18,6 @@ from autoside.layers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_low_rank_linear_starts_at_zero() -> None:
     layer = LowRankLinear(12, 10, rank=3)
     assert sum(p.numel() for p in layer.parameters()) == 3 * (12 + 10)

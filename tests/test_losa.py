@@ -12,14 +12,6 @@ from autoside.sidenets import create_sidenet
 from autoside.testing import blocks_recording_graph, random_batch, run_contract, small_vit_backbone, tiny_backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("make_backbone", [lambda: tiny_backbone("vit"), small_vit_backbone])
 def test_no_block_records_a_graph_and_no_backbone_gradient(make_backbone) -> None:
     model = create_sidenet("losa", make_backbone(), num_classes=3, channel_rank=8, token_rank=4)

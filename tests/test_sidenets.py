@@ -13,14 +13,6 @@ LAYOUTS = ("vit", "swin", "cnn")
 NAMES = list_sidenets()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(name: str, layout: str):
     backbone = tiny_backbone(layout)
     torch.manual_seed(0)
