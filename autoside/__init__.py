@@ -20,17 +20,17 @@ _LAZY = {
     "Recipe": "autoside.recipe",
     "run_trial": "autoside.train",
     "TrialResult": "autoside.train",
-    "MemoryMeter": "autoside.memory",
-    "search": "autoside.searching",
-    "open_search": "autoside.results",
-    "load": "autoside.export",
+    "MemoryMeter": "autoside.memory.meter",
+    "search": "autoside.tune.api",
+    "open_search": "autoside.tune.results",
+    "load": "autoside.export.load",
 }
 
 __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from autoside.backbones import create_backbone, list_backbones  # noqa: F401
-    from autoside.memory import MemoryMeter  # noqa: F401
+    from autoside.memory.meter import MemoryMeter  # noqa: F401
     from autoside.recipe import Recipe, load_recipe  # noqa: F401
     from autoside.sidenets import create_sidenet, list_sidenets, register_sidenet  # noqa: F401
     from autoside.train import TrialResult, run_trial  # noqa: F401

@@ -24,16 +24,3 @@ class DataError(AutosideError):
 
 class WeightsError(AutosideError):
     """Backbone weights cannot be found, are corrupt, or do not match the model."""
-
-
-class MemoryBudgetExceeded(AutosideError):
-    """A trial crossed its memory budget; the search records it as infeasible."""
-
-    def __init__(self, used_bytes: int, budget_bytes: int, where: str = "training") -> None:
-        from autoside.units import format_bytes
-
-        self.used_bytes = int(used_bytes)
-        self.budget_bytes = int(budget_bytes)
-        super().__init__(
-            f"{where} needs at least {format_bytes(used_bytes)}, over the memory budget of {format_bytes(budget_bytes)}"
-        )

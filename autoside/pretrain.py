@@ -3,8 +3,8 @@
 The shipped checkpoints (``autoside/weights/<name>.safetensors`` plus a JSON sidecar) come from this module, so that
 anyone can retrain them on CPU and check the recorded Fashion-MNIST test accuracy::
 
-    python -m autoside.pretrain vit --out autoside/weights
-    python -m autoside.pretrain resnet --out autoside/weights
+    autoside pretrain vit --out autoside/weights
+    autoside pretrain resnet --out autoside/weights
 
 Everything runs on in-memory uint8 tensors (no DataLoader workers) with seeded generators, so a rerun on the same
 machine and thread count repeats the same computation.
@@ -12,13 +12,11 @@ machine and thread count repeats the same computation.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -253,54 +251,3 @@ def pretrain(
     }
     _atomic_write(out_dir / f"{name}.json", (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``autoside pretrain`` and ``python -m autoside.pretrain``."""
-    parser.add_argument("arch", choices=sorted(BACKBONES) + sorted(ALIASES))
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(__file__).parent / "weights",
-        help="folder for <name>.safetensors + <name>.json (default: the shipped weights folder)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads; results are reproducible per count")
-    parser.add_argument("--train-subset", type=int, help="use only the first N training images (smoke runs)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from autoside.errors import DataError
-
-    torch.set_num_threads(args.threads)
-    try:
-        info = pretrain(
-            args.arch,
-            args.out,
-            seed=args.seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            train_subset=args.train_subset,
-        )
-    except FileNotFoundError as exc:
-        raise DataError(str(exc)) from None
-    print(
-        f"{info['name']}: test accuracy {info['fashion_mnist_test_accuracy']:.4f} in {info['train_seconds']:.0f}s "
-        f"-> {Path(args.out) / info['file']}"
-    )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m autoside.pretrain {vit,resnet} --out DIR`` (the same as ``autoside pretrain``)."""
-    from autoside.cli import main as cli_main
-
-    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

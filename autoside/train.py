@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
-from autoside.memory import MemoryMeter
+from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
 

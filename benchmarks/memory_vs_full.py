@@ -39,7 +39,7 @@ class Row:
 def measure(label: str, name: str, options: dict[str, Any], args: argparse.Namespace, device: torch.device) -> Row:
     from autoside.backbones import create_backbone
     from autoside.errors import ConfigError
-    from autoside.memory import MemoryMeter
+    from autoside.memory.meter import MemoryMeter
     from autoside.sidenets import create_sidenet
     from autoside.train import param_groups
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.console import Console
 
-    from autoside.memory import _cpu_name
+    from autoside.memory.meter import _cpu_name
     from autoside.train import resolve_device
 
     if args.threads:

@@ -3,7 +3,7 @@
 The space is discrete (every knob a categorical), so it can be evaluated exhaustively once: each configuration is
 trained for real (tiny random-weight ViT, ``digits`` at 32 px, 2 epochs, CPU) and its accuracy and measured peak
 memory stored in a table (cached in ``--table``). Each sampler then runs ``--trials`` trials against the table
-through autoside's own :class:`~autoside.searcher.AutosideOptunaSearch` (the same suggest / constraint / tell code
+through autoside's own :class:`~autoside.tune.sampler.AutosideOptunaSearch` (the same suggest / constraint / tell code
 as a real search, without Ray), for ``--seeds`` seeds; the hypervolume is autoside's normalised one (accuracy from
 0, memory divided by the budget), so 1.0 would be 100 % accuracy at zero memory. The table's own front gives the
 best hypervolume any search could reach.
@@ -70,8 +70,8 @@ def build_table(path: Path) -> dict[str, dict]:
 
     from autoside.data import load_task
     from autoside.recipe import recipe_from_dict
-    from autoside.space import space_from_dict
     from autoside.train import build_model, train_model
+    from autoside.tune.space import space_from_dict
 
     table = json.loads(path.read_text()) if path.is_file() else {}
     torch.set_num_threads(1)
@@ -103,9 +103,9 @@ class Rec:
 def run_sampler(name: str, seed: int, trials: int, table: dict, budget: int) -> float:
     import optuna
 
-    from autoside.pareto import search_hypervolume
-    from autoside.searcher import AutosideOptunaSearch, make_sampler
-    from autoside.space import space_from_dict
+    from autoside.tune.pareto import search_hypervolume
+    from autoside.tune.sampler import AutosideOptunaSearch, make_sampler
+    from autoside.tune.space import space_from_dict
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     searcher = AutosideOptunaSearch(
@@ -134,7 +134,7 @@ def run_sampler(name: str, seed: int, trials: int, table: dict, budget: int) -> 
 def main() -> None:
     import warnings
 
-    from autoside.pareto import search_hypervolume
+    from autoside.tune.pareto import search_hypervolume
 
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -42,8 +42,8 @@ def direct(recipe: dict, trials: int) -> list[float]:
 
     from autoside.data import load_task
     from autoside.recipe import recipe_from_dict
-    from autoside.space import space_from_dict
     from autoside.train import build_model, train_model
+    from autoside.tune.space import space_from_dict
 
     torch.set_num_threads(1)
     r = recipe_from_dict(recipe)

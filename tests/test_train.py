@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from autoside.errors import MemoryBudgetExceeded
+from autoside.memory.meter import MemoryBudgetExceeded
 from autoside.recipe import recipe_from_dict
 from autoside.train import lr_at, param_groups, run_trial
 

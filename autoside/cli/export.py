@@ -1,4 +1,4 @@
-"""``autoside export`` and ``autoside predict``: thin commands over :mod:`autoside.export_search` and
+"""``autoside export`` and ``autoside predict``: thin commands over :mod:`autoside.export.pick` and
 :func:`autoside.load` (registered into :mod:`autoside.cli` on import)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from autoside.cli import command
+from autoside.cli.registry import command
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -40,8 +40,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     _export_args
 )
 def _export(args: argparse.Namespace) -> int:
-    from autoside.export_search import export_trial
-    from autoside.predict import read_side_config
+    from autoside.export.format import read_side_config
+    from autoside.export.pick import export_trial
     from autoside.units import format_bytes
 
     out, record = export_trial(
@@ -97,7 +97,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import autoside
     from autoside.errors import ConfigError
-    from autoside.predict import read_images
+    from autoside.export.load import read_images
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: must be at least 1, got {args.top_k}")

@@ -1,5 +1,5 @@
-"""``autoside search`` and ``autoside pareto``: thin layers over :func:`autoside.searching.search` and
-:func:`autoside.results.open_search`."""
+"""``autoside search`` and ``autoside pareto``: thin layers over :func:`autoside.tune.api.search` and
+:func:`autoside.tune.results.open_search`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import json
 import sys
 
-from autoside.cli import command
-from autoside.results import DEFAULT_ROOT
+from autoside.cli.registry import command
+from autoside.tune.results import DEFAULT_ROOT
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 @command("search", "search side networks under a memory budget (Ray Tune + Optuna, tracked in MLflow)")(_search_args)
 def _search(args: argparse.Namespace) -> int:
     from autoside.errors import ConfigError
-    from autoside.searching import result_json, search
+    from autoside.tune.api import result_json, search
 
     if args.resume and (args.space or args.recipe):
         raise ConfigError("--resume NAME continues a search with its own space and recipe; give no SPACE/RECIPE")
@@ -96,7 +96,7 @@ def print_summary(result, front=None, knee=None, budget_bytes=None) -> None:  # 
     from rich.console import Console
     from rich.table import Table
 
-    from autoside.tracking import ui_command
+    from autoside.tune.tracking import ui_command
     from autoside.units import format_bytes
 
     # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
@@ -150,8 +150,8 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
 def _pareto(args: argparse.Namespace) -> int:
     import csv
 
-    from autoside.pareto import knee_point, pareto_front, plot
-    from autoside.searching import open_search, result_json
+    from autoside.tune.api import open_search, result_json
+    from autoside.tune.pareto import knee_point, pareto_front, plot
     from autoside.units import format_bytes, parse_bytes
 
     result = open_search(args.name, root=args.root)

@@ -1,6 +1,6 @@
 """Reading an export back: checks, the loaded model (:class:`ExportedSideNet`) and raw images in, labels out.
 
-:func:`autoside.load` (``autoside.export.load``) is :func:`load_export`. Every check fails with one clear error: a
+:func:`autoside.load` is :func:`load`. Every check fails with one clear error: a
 missing or newer-format ``side_config.json``, a weights file whose sha256 differs from the recorded one (truncated or
 edited), tensors that do not match the side network, a backbone of another architecture or with other weights.
 Config keys this version does not know are dropped with a warning, like PEFT does.
@@ -9,7 +9,6 @@ Config keys this version does not know are dropped with a warning, like PEFT doe
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec, sha256_file, state_mismatch
 from autoside.errors import ConfigError, DataError, WeightsError
-from autoside.export import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, ExportError, backbone_state_sha256
+from autoside.export.format import CONFIG_NAME, WEIGHTS_NAME, ExportError, backbone_state_sha256, read_side_config
 from autoside.sidenets import SideConfig, SideNet
 
 # Spec fields that must agree between the exported backbone and the one a side network is loaded onto.
@@ -36,34 +35,6 @@ _ARCH_FIELDS = (
     "grid_size",
     "image_size",
 )
-
-
-def read_side_config(path: str | Path) -> dict[str, Any]:
-    """The parsed ``side_config.json`` of an export folder, checked for the keys :func:`load` needs."""
-    folder = Path(path)
-    file = folder / CONFIG_NAME
-    if not folder.is_dir():
-        raise ExportError(f"{folder}: not found (expected an export folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if not file.is_file():
-        raise ExportError(f"{folder}: not an autoside export ({CONFIG_NAME} is missing)")
-    try:
-        info = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise ExportError(f"{file}: expected a JSON object")
-    version = info.get("format_version")
-    if not isinstance(version, int):
-        raise ExportError(f"{file}: format_version is missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise ExportError(
-            f"{file}: export format {version} was written by a newer autoside ({info.get('autoside_version')}); "
-            f"this one reads format {FORMAT_VERSION}: upgrade autoside"
-        )
-    for key in ("family", "config", "backbone", "num_classes"):
-        if key not in info:
-            raise ExportError(f"{file}: required key {key!r} is missing")
-    return info
 
 
 def _known_fields(cls: type, data: dict[str, Any], what: str, keep: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -174,7 +145,7 @@ def _safetensors_metadata(file: Path) -> dict[str, str]:
         return {}
 
 
-def load_export(
+def load(
     path: str | Path,
     *,
     backbone: Backbone | None = None,
@@ -186,13 +157,14 @@ def load_export(
     Args:
         path: the export folder.
         backbone: the backbone to put it on (needed when it was trained on a random-weight backbone); otherwise the
-            backbone is rebuilt from the saved spec. Either way its weights must hash to the recorded value.
+            backbone is rebuilt from the saved spec. Either way its frozen weights must hash to the recorded value.
         checkpoint: the backbone checkpoint file, when the backbone was loaded from one.
         device: where to put the model (``"auto"``: CUDA when available).
 
     Returns:
-        An :class:`ExportedSideNet`: ``model(x)`` gives logits for preprocessed input, ``model.preprocess`` turns
-        uint8 images into that input, ``model.predict(images)`` does both and returns probabilities.
+        An :class:`~autoside.export.load.ExportedSideNet`: ``model(x)`` gives logits for preprocessed input (like the
+        trained model), ``model.preprocess`` turns uint8 images into that input, ``model.predict(images)`` does both
+        and returns probabilities, ``model.classes`` names the labels.
     """
     from autoside.data import Preprocess
     from autoside.sidenets import create_sidenet

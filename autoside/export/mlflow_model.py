@@ -29,7 +29,7 @@ from autoside.backbones import Backbone
 from autoside.errors import AutosideError, DataError
 
 _CODE = """import mlflow
-from autoside.mlflow_model import SideNetworkPyfunc
+from autoside.export.mlflow_model import SideNetworkPyfunc
 
 mlflow.models.set_model(SideNetworkPyfunc())
 """
@@ -128,7 +128,7 @@ def register(
     """Log ``export_dir`` as a pyfunc model in ``experiment`` and register it as ``name``; returns the model version.
 
     Args:
-        export_dir: a folder written by :func:`autoside.export.save_pretrained`.
+        export_dir: a folder written by :func:`autoside.export.save.save_pretrained`.
         name: the registered model name (``models:/<name>/<version>``).
         tracking_uri: the MLflow tracking (and registry) URI.
         experiment: the experiment that holds the logging run (created beside a SQLite store if missing).
@@ -140,7 +140,7 @@ def register(
     import torch
 
     from autoside import __version__
-    from autoside.predict import read_side_config
+    from autoside.export.format import read_side_config
 
     info = read_side_config(export_dir)
     weights = str(info["backbone"].get("weights", ""))

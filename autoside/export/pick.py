@@ -1,17 +1,17 @@
 """Export a trial of a search: pick it (by id, by memory budget, or the knee of the front), rebuild it, write it.
 
 The trial's side network is rebuilt, not copied: its parameters are replayed through the search space
-(:meth:`~autoside.space.SearchSpace.config_from_params`, the path every trial took from parameters to architecture),
-the result must equal the config the trial recorded, the backbone is rebuilt from the search's recipe exactly as the
-trial built it, and the weights the trial saved are loaded strictly on top. Only then is the export written with
-:func:`autoside.export.save_pretrained`.
+(:meth:`~autoside.tune.space.SearchSpace.config_from_params`, the path every trial took from parameters to
+architecture), the result must equal the config the trial recorded, the backbone is rebuilt from the search's recipe
+exactly as the trial built it, and the weights the trial saved are loaded strictly on top. Only then is the export
+written with :func:`autoside.export.save.save_pretrained`.
 
 Selection, documented for ``autoside export``:
 
 * ``--trial ID``: that trial (``7`` and ``0007`` are the same); it must have finished (status ``ok``).
 * ``--budget 4GiB``: the finished trial with the highest validation accuracy whose measured peak training memory fits
-  the budget; ties go to less memory, then the lower trial id (:func:`autoside.pareto.select_by_budget`).
-* ``--knee``: the knee of the accuracy / memory front (:func:`autoside.pareto.knee_point`): with both objectives
+  the budget; ties go to less memory, then the lower trial id (:func:`autoside.tune.pareto.select_by_budget`).
+* ``--knee``: the knee of the accuracy / memory front (:func:`autoside.tune.pareto.knee_point`): with both objectives
   min-max normalised over the front, the member farthest above the chord from the cheapest to the most accurate
   member; ties go to the lower trial id, and a front of one or two members gives its most accurate member. It depends
   only on the recorded metrics, so it is the same trial every time.
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from autoside.errors import AutosideError, ConfigError, WeightsError
-from autoside.export import ExportError, backbone_state_sha256, save_pretrained
+from autoside.export.format import ExportError, backbone_state_sha256
+from autoside.export.save import save_pretrained
 from autoside.sidenets import SideNet
 
 
@@ -92,7 +93,7 @@ def _trial_weights_dir(search: Any, record: Any, scratch: Path) -> Path:
         return Path(record.artifact_dir)
     run_id = getattr(record, "mlflow_run_id", None)
     if run_id:
-        from autoside.tracking import client
+        from autoside.tune.tracking import client
 
         try:
             return Path(client(search.tracking_uri).download_artifacts(run_id, "side_network", str(scratch)))
@@ -108,7 +109,8 @@ def _trial_weights_dir(search: Any, record: Any, scratch: Path) -> Path:
 
 def rebuild_trial(search: Any, record: Any) -> tuple[SideNet, dict[str, Any]]:
     """The trial's trained side network on its backbone (eval mode), and its saved ``side_config.json``."""
-    from autoside.predict import load_state_strict, read_side_config, read_weights
+    from autoside.export.format import read_side_config
+    from autoside.export.load import load_state_strict, read_weights
     from autoside.train import build_model
 
     config = replay_config(search, record)
@@ -154,7 +156,7 @@ def export_trial(
         register: also log the export as an MLflow pyfunc model and register it under this name.
         tracking_uri: the MLflow registry for ``register`` (default: the search's tracking URI).
     """
-    from autoside.results import open_search
+    from autoside.tune.results import open_search
 
     search = open_search(name, root=root)
     record, chosen_by = pick_trial(search, trial=trial, budget=budget, knee=knee)
@@ -175,7 +177,7 @@ def export_trial(
         model, out_dir, metrics=info.get("metrics") or record.metrics, extra=extra, overwrite=overwrite
     )
     if register:
-        from autoside.mlflow_model import register as register_model
+        from autoside.export.mlflow_model import register as register_model
 
         register_model(
             out,

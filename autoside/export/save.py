@@ -16,7 +16,6 @@ random``) cannot be rebuilt from a name: :func:`load` asks for ``backbone=`` (ch
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -27,31 +26,16 @@ from typing import Any
 
 import torch
 
-from autoside.backbones import Backbone, sha256_file
-from autoside.errors import AutosideError
+from autoside.backbones import sha256_file
+from autoside.export.format import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    ExportError,
+    backbone_state_sha256,
+)
 from autoside.sidenets import SideNet
-
-FORMAT_VERSION = 1
-CONFIG_NAME = "side_config.json"
-WEIGHTS_NAME = "side_model.safetensors"
-CARD_NAME = "README.md"
-
-
-class ExportError(AutosideError):
-    """An export folder cannot be written, or a folder is not a readable autoside export."""
-
-
-def backbone_state_sha256(backbone: Backbone) -> str:
-    """sha256 over the backbone's frozen tensors (names, dtypes, shapes and bytes), whatever their source."""
-    trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
-    digest = hashlib.sha256()
-    for key, tensor in sorted(backbone.state_dict().items()):
-        if key in trainable:
-            continue
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -187,32 +171,6 @@ def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()
-
-
-def load(
-    path: str | Path,
-    *,
-    backbone: Backbone | None = None,
-    checkpoint: str | Path | None = None,
-    device: str | torch.device = "cpu",
-) -> ExportedSideNet:  # noqa: F821 - autoside.predict, imported on call
-    """An exported side network on its frozen backbone, in eval mode, ready to predict.
-
-    Args:
-        path: the export folder.
-        backbone: the backbone to put it on (needed when it was trained on a random-weight backbone); otherwise the
-            backbone is rebuilt from the saved spec. Either way its frozen weights must hash to the recorded value.
-        checkpoint: the backbone checkpoint file, when the backbone was loaded from one.
-        device: where to put the model (``"auto"``: CUDA when available).
-
-    Returns:
-        An :class:`~autoside.predict.ExportedSideNet`: ``model(x)`` gives logits for preprocessed input (like the
-        trained model), ``model.preprocess`` turns uint8 images into that input, ``model.predict(images)`` does both
-        and returns probabilities, ``model.classes`` names the labels.
-    """
-    from autoside.predict import load_export
-
-    return load_export(path, backbone=backbone, checkpoint=checkpoint, device=device)
 
 
 def model_card(info: dict[str, Any]) -> str:

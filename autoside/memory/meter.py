@@ -16,7 +16,7 @@ The tracker also counts the bytes of distinct storages saved for backward in the
 (``saved_tensors_hooks``), excluding parameters and buffers: the activation memory that side tuning saves.
 
 On CPU the tracker enforces the budget: the operator that takes live bytes over it raises
-:class:`~autoside.errors.MemoryBudgetExceeded`. On CUDA the budget is a per-process allocator cap.
+:class:`MemoryBudgetExceeded`. On CUDA the budget is a per-process allocator cap.
 """
 
 from __future__ import annotations
@@ -30,7 +30,19 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from autoside.errors import MemoryBudgetExceeded
+from autoside.errors import AutosideError
+from autoside.units import format_bytes
+
+
+class MemoryBudgetExceeded(AutosideError):
+    """A trial crossed its memory budget; the search records it as infeasible."""
+
+    def __init__(self, used_bytes: int, budget_bytes: int, where: str = "training") -> None:
+        self.used_bytes = int(used_bytes)
+        self.budget_bytes = int(budget_bytes)
+        super().__init__(
+            f"{where} needs at least {format_bytes(used_bytes)}, over the memory budget of {format_bytes(budget_bytes)}"
+        )
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:

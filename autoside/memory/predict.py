@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from autoside.data import Preprocess, Task
-from autoside.memory import MemoryMeter
+from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.train import training_step

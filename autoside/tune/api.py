@@ -3,7 +3,7 @@
 ``autoside.search(space, recipe, **options)`` (and ``autoside search SPACE RECIPE``) validates everything up front,
 connects to Ray (a local cluster bound to 127.0.0.1 by default), opens the MLflow parent run and the Optuna study
 (SQLite, next to the MLflow store) and runs a :class:`ray.tune.Tuner` whose search algorithm is
-:class:`~autoside.searcher.AutosideOptunaSearch`. Each trial runs :func:`autoside.trainable.run_search_trial`.
+:class:`~autoside.tune.sampler.AutosideOptunaSearch`. Each trial runs :func:`autoside.tune.trial.run_search_trial`.
 At the end the Pareto set is computed from the trials' ``result.json`` files, tagged in MLflow and logged
 (``pareto.csv``, ``pareto.png``, hypervolume) to the parent run. ``resume=NAME`` continues a search whose driver
 died: finished trials are kept, trials that were running are run again under the same id, nothing is duplicated.
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from autoside.config import from_dict
 from autoside.errors import ConfigError
-from autoside.results import DEFAULT_ROOT, SearchResult, TrialRecord, open_search, search_dir
+from autoside.tune.results import DEFAULT_ROOT, SearchResult, TrialRecord, open_search, search_dir
 from autoside.units import format_bytes, parse_bytes
 
 __all__ = ["SearchOptions", "SearchResult", "TrialRecord", "open_search", "search"]
@@ -46,7 +46,7 @@ class SearchOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from autoside.pareto import OBJECTIVES
+        from autoside.tune.pareto import OBJECTIVES
 
         for key in ("num_samples", "max_concurrent"):
             if getattr(self, key) < 1:
@@ -75,7 +75,7 @@ def _options(options: dict[str, Any]) -> SearchOptions:
 
 def _load_inputs(space: Any, recipe: Any):  # noqa: ANN202
     from autoside.recipe import Recipe, load_recipe, recipe_from_dict
-    from autoside.space import SearchSpace, load_space, space_from_dict
+    from autoside.tune.space import SearchSpace, load_space, space_from_dict
 
     if space is None or recipe is None:
         raise ConfigError("a search needs a SPACE and a RECIPE (or --resume NAME)")
@@ -98,7 +98,7 @@ def search(space: Any = None, recipe: Any = None, **options: Any) -> SearchResul
     """Run (or with ``resume=NAME`` continue) a search; returns it read back from disk.
 
     Args:
-        space: a search space YAML path, dict or :class:`~autoside.space.SearchSpace`.
+        space: a search space YAML path, dict or :class:`~autoside.tune.space.SearchSpace`.
         recipe: a trial recipe YAML path, dict or :class:`~autoside.recipe.Recipe`.
         **options: the fields of :class:`SearchOptions` (``num_samples``, ``memory_budget``, ``sampler``, ...).
     """
@@ -147,7 +147,7 @@ def _resume(opts: SearchOptions, given: dict[str, Any]) -> SearchResult:
 
 
 def _default_uri(root: str) -> str:
-    from autoside.tracking import default_tracking_uri
+    from autoside.tune.tracking import default_tracking_uri
 
     return default_tracking_uri(Path(root))
 
@@ -178,7 +178,7 @@ def _drive(
 ) -> SearchResult:
     """Connect, prepare the stores, run the Tuner, finalise. A failure before any trial starts removes what a new
     search wrote."""
-    from autoside import driver
+    from autoside.tune import driver
 
     started = time.time()
     owns_ray = driver.connect_ray(opts.address)

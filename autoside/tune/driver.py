@@ -1,6 +1,6 @@
 """The driver side of a search: Ray connection, stores, the Tuner, resume reconciliation, the end of a search.
 
-Called by :func:`autoside.searching.search`; kept apart so that module stays a readable overview.
+Called by :func:`autoside.tune.api.search`; kept apart so that module stays a readable overview.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoside import tracking
-from autoside.results import RESULT_FILE, SearchResult, open_search, read_records
-from autoside.trainable import TrialContext, result_record, trial_id_of, write_json_atomic
+from autoside.tune import tracking
+from autoside.tune.results import RESULT_FILE, SearchResult, open_search, read_records
+from autoside.tune.trial import TrialContext, result_record, trial_id_of, write_json_atomic
 from autoside.units import format_bytes
 
 
@@ -165,7 +165,7 @@ def _reconcile(state: DriverState) -> None:
 
 
 def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, progress: Any = None):  # noqa: ANN202
-    from autoside.searcher import AutosideOptunaSearch, make_sampler
+    from autoside.tune.sampler import AutosideOptunaSearch, make_sampler
 
     opts = state.opts
     sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
@@ -214,8 +214,8 @@ def run_tuner(state: DriverState) -> bool:
     """Run the remaining trials; returns True when interrupted (Ctrl-C)."""
     from ray import tune
 
-    from autoside.searcher import RecordingASHA
-    from autoside.trainable import run_search_trial
+    from autoside.tune.sampler import RecordingASHA
+    from autoside.tune.trial import run_search_trial
 
     opts = state.opts
     progress = Progress(state)
@@ -318,7 +318,7 @@ class DriverPredictor:
 
     def __call__(self, params: dict[str, Any]) -> int:
         from autoside.data import load_task
-        from autoside.predict_memory import predict_peak_memory
+        from autoside.memory.predict import predict_peak_memory
         from autoside.train import build_model
 
         recipe = self.state.recipe
@@ -366,7 +366,7 @@ class Progress:
         return _Callback()
 
     def told(self, number: int, status: str) -> None:
-        from autoside.pareto import feasible, pareto_front
+        from autoside.tune.pareto import feasible, pareto_front
 
         records = read_records(self.state.path)
         counts = {k: sum(r.status == k for r in records) for k in ("ok", "infeasible", "pruned", "failed")}
@@ -392,7 +392,7 @@ class Progress:
 
 def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> SearchResult:
     """Tag the Pareto members, log pareto.csv / pareto.png / hypervolume to the parent run, close it."""
-    from autoside.pareto import knee_point, pareto_front, plot, search_hypervolume
+    from autoside.tune.pareto import knee_point, pareto_front, plot, search_hypervolume
 
     meta, path = state.meta, state.path
     result = open_search(meta["name"], root=state.opts.root)
@@ -442,7 +442,7 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
     # Hypervolume after each finished trial, in the order trials finished (a prefix never changes on resume).
     ordered = sorted(records, key=lambda r: (r.raw.get("finished_at", 0), r.number))
     reference = None
-    from autoside.pareto import normalised_reference
+    from autoside.tune.pareto import normalised_reference
 
     reference = normalised_reference(records, objectives, budget)
     logged = {m.step for m in tracking.retry(lambda: c.get_metric_history(parent, "hypervolume"))}

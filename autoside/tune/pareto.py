@@ -2,7 +2,7 @@
 
 Conventions: a *point* is a tuple of objective values; ``senses`` says per objective whether it is maximised
 (``"max"``) or minimised (``"min"``). A *record* is anything with ``trial_id``, ``status`` and ``metrics`` (see
-:class:`autoside.results.TrialRecord`); only ``status == "ok"`` records within the budget take part in a front.
+:class:`autoside.tune.results.TrialRecord`); only ``status == "ok"`` records within the budget take part in a front.
 
 Hypervolume is computed on normalised objectives so that it is a number in [0, 1] that compares across searches
 of the same space and budget: accuracy stays as it is (reference 0), memory is divided by the reference memory

@@ -105,7 +105,7 @@ class SearchResult:
 
     @property
     def space(self):  # noqa: ANN201 - SearchSpace, imported lazily
-        from autoside.space import space_from_dict
+        from autoside.tune.space import space_from_dict
 
         return space_from_dict(self.meta["space"], source=f"{self.dir / SEARCH_FILE}: space")
 
@@ -125,24 +125,24 @@ class SearchResult:
 
     @property
     def pareto(self) -> list[TrialRecord]:
-        from autoside.pareto import pareto_front
+        from autoside.tune.pareto import pareto_front
 
         return pareto_front(self.trials, self.objectives, self.budget_bytes)
 
     @property
     def hypervolume(self) -> float:
-        from autoside.pareto import search_hypervolume
+        from autoside.tune.pareto import search_hypervolume
 
         return search_hypervolume(self.trials, self.objectives, self.budget_bytes)
 
     def knee(self) -> TrialRecord | None:
-        from autoside.pareto import knee_point
+        from autoside.tune.pareto import knee_point
 
         return knee_point(self.pareto, self.objectives)
 
     def best(self, budget: str | int | None = None) -> TrialRecord:
         """The most accurate trial whose measured memory fits ``budget`` (default: the search's budget)."""
-        from autoside.pareto import select_by_budget
+        from autoside.tune.pareto import select_by_budget
         from autoside.units import parse_bytes
 
         limit = parse_bytes(budget, field="budget") if budget is not None else self.budget_bytes

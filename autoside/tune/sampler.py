@@ -29,9 +29,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from autoside.errors import ConfigError
-from autoside.pareto import OBJECTIVES
-from autoside.space import SearchSpace
-from autoside.trainable import FINAL_KEY, trial_id_of
+from autoside.tune.pareto import OBJECTIVES
+from autoside.tune.space import SearchSpace
+from autoside.tune.trial import FINAL_KEY, trial_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class AutosideOptunaSearch(OptunaSearch):
 
     Args:
         space: the validated search space.
-        objectives: names from :data:`autoside.pareto.OBJECTIVES` (accuracy, memory, optionally params).
+        objectives: names from :data:`autoside.tune.pareto.OBJECTIVES` (accuracy, memory, optionally params).
         sampler: an Optuna sampler.
         storage: the Optuna storage (persisted beside the MLflow store).
         study_name: the study in that storage.

@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, str]:
-    from autoside.memory import _cpu_name
+    from autoside.memory.meter import _cpu_name
 
     info = {"cpu": _cpu_name(), "cpu_count": str(os.cpu_count()), "platform": platform.platform()}
     try:

@@ -3,7 +3,7 @@
 1. Rebuild the side config by replaying the sampled parameters through the space (one path from parameters to
    architecture), and the recipe with the search's memory budget.
 2. Build the frozen backbone and the side network; predict the peak training memory with dry steps
-   (:mod:`autoside.predict_memory`). Over the budget: refused in seconds, recorded as ``infeasible`` with the
+   (:mod:`autoside.memory.predict`). Over the budget: refused in seconds, recorded as ``infeasible`` with the
    predicted memory.
 3. Train under the budget (CPU: the live-tensor tracker stops the trial when it crosses the budget; CUDA: a
    per-process allocator cap). Per-epoch metrics go to Tune (for ASHA) and to the trial's nested MLflow run.
@@ -122,12 +122,12 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     """Steps 1-4 of the module docstring; returns the record written to ``result.json``."""
     import torch
 
-    from autoside import tracking
-    from autoside.errors import MemoryBudgetExceeded
-    from autoside.predict_memory import predict_peak_memory
+    from autoside.memory.meter import MemoryBudgetExceeded
+    from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
-    from autoside.space import space_from_dict
     from autoside.train import build_model, resolve_device, train_model
+    from autoside.tune import tracking
+    from autoside.tune.space import space_from_dict
 
     started = time.time()
     torch.set_num_threads(max(1, ctx.threads))
@@ -174,7 +174,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
 
         result = train_model(model, task, recipe, device=device, report=on_epoch)
         metrics = result.to_dict()
-        from autoside.export import save_pretrained
+        from autoside.export.save import save_pretrained
 
         export_dir = save_pretrained(
             model,

@@ -1,5 +1,5 @@
 """``autoside export`` / ``autoside predict`` / ``--register`` end to end on a small search written by the real trial
-code (:func:`autoside.trainable.execute_trial`, without Ray): digits, the offline EfficientNet-Lite0 at 32 px."""
+code (:func:`autoside.tune.trial.execute_trial`, without Ray): digits, the offline EfficientNet-Lite0 at 32 px."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 
 import autoside
 from autoside.backbones import create_backbone
-from autoside.cli import main
+from autoside.cli.main import main
 from autoside.errors import ConfigError, WeightsError
-from autoside.export import CONFIG_NAME
+from autoside.export.format import CONFIG_NAME
 from autoside.sidenets import list_families
 
 NAME = "digits-mix"
@@ -45,11 +45,11 @@ RECIPE = {
 
 def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[dict]) -> list[dict]:
     """A search folder as ``autoside search`` leaves it, with each trial run by the real trial code (no Ray)."""
-    from autoside import tracking
     from autoside.recipe import recipe_from_dict
-    from autoside.results import SEARCH_FILE
-    from autoside.space import space_from_dict
-    from autoside.trainable import TrialContext, execute_trial
+    from autoside.tune import tracking
+    from autoside.tune.results import SEARCH_FILE
+    from autoside.tune.space import space_from_dict
+    from autoside.tune.trial import TrialContext, execute_trial
 
     space, recipe = space_from_dict(space).to_dict(), recipe_from_dict(recipe).to_dict()
     uri = tracking.default_tracking_uri(root)
@@ -80,7 +80,7 @@ def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[d
 
 @pytest.fixture(scope="module")
 def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autoside.trainable import result_record, write_json_atomic
+    from autoside.tune.trial import result_record, write_json_atomic
 
     root = tmp_path_factory.mktemp("runs")
     space = {
@@ -150,7 +150,7 @@ def test_export_command_every_family(family: str, tmp_path: Path) -> None:
 
 
 def _search(root: Path):  # noqa: ANN202
-    from autoside.results import open_search
+    from autoside.tune.results import open_search
 
     return open_search(NAME, root=root)
 
@@ -226,7 +226,7 @@ def test_budget_picks_most_accurate_that_fits(search_root: Path, tmp_path: Path)
 
 
 def test_knee_is_deterministic(search_root: Path, tmp_path: Path) -> None:
-    from autoside.pareto import knee_point
+    from autoside.tune.pareto import knee_point
 
     search = _search(search_root)
     expected = knee_point(search.pareto).trial_id
@@ -327,7 +327,7 @@ def test_predict_command(search_root: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["predict", str(tmp_path / "out"), *files, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     model = autoside.load(tmp_path / "out")
-    from autoside.predict import read_images
+    from autoside.export.load import read_images
 
     top = model.topk(read_images(files, 32), k=5)
     assert [[d["label"] for d in r["top_k"]] for r in rows] == [[label for label, _ in t] for t in top]
@@ -349,7 +349,7 @@ def test_register_and_load_from_registry(search_root: Path, tmp_path: Path) -> N
     assert _export(search_root, out, "--trial", "0", "--register", "digits-linear", "--tracking-uri", uri) == 0
     files = _pngs(tmp_path)
     model = autoside.load(out)
-    from autoside.predict import read_images
+    from autoside.export.load import read_images
 
     batch = read_images(files, 32)
     expected = [t[0][0] for t in model.topk(batch, k=1)]
@@ -394,7 +394,7 @@ def test_pareto_command_formats_and_budget(search_root: Path, capsys: pytest.Cap
     import csv
     import io
 
-    from autoside.pareto import knee_point, pareto_front
+    from autoside.tune.pareto import knee_point, pareto_front
 
     search = _search(search_root)
     assert main(["pareto", NAME, "--root", str(search_root), "--format", "json"]) == 0

@@ -16,8 +16,9 @@ import torch
 import autoside
 from autoside.backbones import Backbone, create_backbone
 from autoside.errors import AutosideError, ConfigError, WeightsError
-from autoside.export import CONFIG_NAME, WEIGHTS_NAME, ExportError, save_pretrained
-from autoside.predict import ExportedSideNet, as_batch, read_images
+from autoside.export.format import CONFIG_NAME, WEIGHTS_NAME, ExportError
+from autoside.export.load import ExportedSideNet, as_batch, read_images
+from autoside.export.save import save_pretrained
 from autoside.sidenets import SideNet, create_sidenet, list_sidenets
 
 NUM_CLASSES = 5

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoside.errors import MemoryBudgetExceeded
-from autoside.memory import LiveTensorTracker, MemoryMeter
+from autoside.memory.meter import LiveTensorTracker, MemoryBudgetExceeded, MemoryMeter
 
 F32 = 4
 

@@ -146,7 +146,7 @@ def test_dtl_on_cnn_is_refused() -> None:
 
 
 def test_later_merge_saves_activation_memory() -> None:
-    from autoside.memory import MemoryMeter
+    from autoside.memory.meter import MemoryMeter
 
     saved = {}
     for merge_from in (1, 12):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autoside.errors import AutosideError
-from autoside.pareto import (
+from autoside.tune.pareto import (
     dominates,
     hypervolume,
     knee_point,

@@ -15,10 +15,10 @@ import optuna
 import pytest
 import torch
 
-from autoside.cli import main
-from autoside.pareto import non_dominated
-from autoside.results import open_search
-from autoside.space import space_from_dict
+from autoside.cli.main import main
+from autoside.tune.pareto import non_dominated
+from autoside.tune.results import open_search
+from autoside.tune.space import space_from_dict
 
 SPACE = {
     "name": "tiny",
@@ -62,7 +62,7 @@ def _mlflow_trials(result) -> list:  # noqa: ANN001
 
 # -- the searcher's telling rules (real Optuna, no cluster) ----------------------------------------------------------
 def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -> None:
-    from autoside.searcher import AutosideOptunaSearch, RecordingASHA
+    from autoside.tune.sampler import AutosideOptunaSearch, RecordingASHA
 
     space = space_from_dict(SPACE)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
@@ -121,7 +121,7 @@ def _tiny_model(family: str):  # noqa: ANN202
 
 @pytest.mark.parametrize("family", ["linear", "full"])
 def test_memory_prediction_error(family: str) -> None:
-    from autoside.predict_memory import predict_peak_memory
+    from autoside.memory.predict import predict_peak_memory
     from autoside.train import train_model
 
     torch.set_num_threads(1)
@@ -136,9 +136,9 @@ def test_memory_prediction_error(family: str) -> None:
 def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trial the predictor lets through but that crosses the budget while training is stopped by the CPU tracker
     and recorded as infeasible with its memory (not failed)."""
-    import autoside.predict_memory as pm
-    from autoside import tracking
-    from autoside.trainable import TrialContext, execute_trial
+    import autoside.memory.predict as pm
+    from autoside.tune import tracking
+    from autoside.tune.trial import TrialContext, execute_trial
 
     real = pm.predict_peak_memory
 

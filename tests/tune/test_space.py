@@ -7,13 +7,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoside.cli import main
+from autoside.cli.main import main
 from autoside.errors import ConfigError
 from autoside.recipe import recipe_from_dict
 from autoside.sidenets import list_families
-from autoside.space import load_space, space_from_dict
+from autoside.tune.space import load_space, space_from_dict
 
-SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+assert SPACES, "no shipped search spaces found"
 TEST_SPACE = {
     "name": "t",
     "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}, "full": {}},

@@ -1,0 +1,62 @@
+"""``autoside train``: one trial of a recipe, with its accuracy and measured memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from autoside.cli.registry import command
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="trial recipe YAML (see trials/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set epochs=3 --set sidenet.name=full",
+    )
+    p.add_argument("--sidenet", help="side network family or preset (shorthand for --set sidenet.name=...)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("train", "train one side network on a recipe and print accuracy and measured memory")(_train_args)
+def _train(args: argparse.Namespace) -> int:
+    from autoside.recipe import load_recipe
+    from autoside.train import run_trial
+
+    overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else [])]
+    recipe = load_recipe(args.recipe, overrides)
+    result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_result(recipe, result)
+    return 0
+
+
+def _print_result(recipe, result) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoside.units import format_bytes
+
+    table = Table(title=f"{recipe.name}: {result.family} on {recipe.backbone.name}", show_header=False)
+    rows = [
+        ("val accuracy", f"{result.val_accuracy:.4f}"),
+        ("test accuracy", f"{result.test_accuracy:.4f}"),
+        ("peak training memory", f"{format_bytes(result.peak_memory_bytes)} ({result.memory_source})"),
+        ("saved activations", format_bytes(result.saved_activation_bytes)),
+        ("trainable parameters", f"{result.trainable_params:,}"),
+        ("throughput", f"{result.train_images_per_s:.1f} images/s"),
+        ("wall time", f"{result.wall_time_s:.1f} s"),
+        ("device", result.device),
+        ("torch", result.torch_version),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
