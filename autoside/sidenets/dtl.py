@@ -15,11 +15,16 @@ What is implemented, block by block (``i`` 0-indexed, ``M`` 1-indexed as in the 
   From block ``M + 1`` on, the block inputs carry the side state, so gradients flow through the frozen weights; this is
   where DTL's memory goes, and why ``M`` is the main memory knob.
 * Swin (timm layout, channels-last stages): one rank map per tapped block with that stage's width, ``h`` reset at the
-  start of every stage, and one depthwise conv per stage that has merge blocks. Rank maps and convs of stages that end
-  before block ``M`` could never reach the backbone (the official code builds them all the same; they never receive a
-  gradient), so autoside leaves them out.
-* Drop-path on the frozen blocks (the official recipes use 0.1, linearly increasing over depth as in timm) is applied
+  start of every stage, and one depthwise conv per stage that has both a tap and a merge block. A rank map or conv of a
+  stage that has no tap or ends before block ``M`` could never reach the backbone (the official code builds a conv for
+  every stage all the same; those never receive a gradient), so autoside leaves them out.
+* The fusion kernel may be even (the official ViT scripts use 4 on some VTAB tasks): as PyTorch's "same" padding, the
+  extra row and column of padding go after the grid, not before.
+* Drop-path on the frozen blocks (``drop_path``, the largest rate, reached at the last block after a linear increase
+  over depth as in timm; the official scripts pick 0.0 to 0.2 per ViT task and 0.0 to 0.5 per Swin task) is applied
   through :class:`~autoside.layers.SideDropPath`, because autoside keeps frozen backbones in eval mode.
+* The family freezes the backbone it is given (a backbone that a ``full`` trial unfroze in the same process must not
+  train here).
 
 Trainable parameters without the head, ViT-B/16, all 12 blocks tapped: ``12 * 2 * 768 * r`` (36,864 for r = 2), plus
 ``768 * k * k`` for DTL+.
@@ -27,6 +32,8 @@ Trainable parameters without the head, ViT-B/16, all 12 blocks tapped: ``12 * 2 
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +48,7 @@ from autoside.sidenets.base import SideConfig, SideNet, require
 
 @dataclass(frozen=True)
 class DTLConfig(SideConfig):
-    """DTL (``kernel_size = 0``) or DTL+ (odd ``kernel_size``).
+    """DTL (``kernel_size = 0``) or DTL+ (``kernel_size >= 1``).
 
     Attributes:
         rank: rank ``r`` of every map ``B_i A_i``.
@@ -50,7 +57,7 @@ class DTLConfig(SideConfig):
         merge_from: ``M`` (1-indexed): blocks ``M..L`` receive ``swish(h)`` on their output; ``None``: ``L // 2 + 1``
             (7 of 12, as in the paper's ViT recipes).
         beta: swish sharpness.
-        kernel_size: depthwise fusion kernel of DTL+ (0 = plain DTL).
+        kernel_size: depthwise fusion kernel of DTL+ (0 = plain DTL; even sizes pad one more after than before).
         drop_path: the largest stochastic-depth rate on the frozen blocks (0 at the first block, linear over depth).
         dropout: dropout before the classifier.
     """
@@ -76,9 +83,9 @@ class DTLConfig(SideConfig):
         )
         require(self.beta > 0, "beta", f"must be positive, got {self.beta}")
         require(
-            self.kernel_size == 0 or (self.kernel_size >= 1 and self.kernel_size % 2 == 1),
+            self.kernel_size >= 0,
             "kernel_size",
-            f"must be 0 (DTL) or an odd size 1, 3, 5, ... (DTL+), got {self.kernel_size}",
+            f"must be 0 (DTL) or a kernel size 1, 2, 3, ... (DTL+), got {self.kernel_size}",
         )
         require(0.0 <= self.drop_path < 1.0, "drop_path", f"must be in [0, 1), got {self.drop_path}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -100,11 +107,10 @@ class DTLConfig(SideConfig):
             "kernel_size",
             f"must be 0 for {spec.name!r}, which has no fixed patch grid (allowed: 0), got {self.kernel_size}",
         )
-        if spec.layout == "vit":
-            self.check_depth(spec.num_taps)
+        self.check_depth(spec.num_taps if spec.layout == "vit" else _swin_depth(spec))
 
     def check_depth(self, depth: int) -> None:
-        """Block indices against the backbone's number of blocks (Swin's is only known from the model)."""
+        """Block indices against the backbone's number of blocks (all stages together on Swin)."""
         require(
             self.merge_from is None or self.merge_from <= depth,
             "merge_from",
@@ -123,6 +129,21 @@ class DTLConfig(SideConfig):
         last = depth - 1 if self.last_tap == -1 else self.last_tap
         merge_from = self.merge_from if self.merge_from is not None else depth // 2 + 1
         return range(self.first_tap, last + 1), merge_from
+
+
+@functools.lru_cache(maxsize=16)
+def _timm_swin_depth(timm_model: str, timm_kwargs: str) -> int:
+    import timm
+
+    with torch.device("meta"):  # the architecture only: no memory, no initialisation
+        model = timm.create_model(timm_model, pretrained=False, num_classes=0, **json.loads(timm_kwargs))
+    return sum(len(stage.blocks) for stage in model.layers)
+
+
+def _swin_depth(spec: BackboneSpec) -> int:
+    """Blocks of a Swin backbone over all stages; the spec lists stages only, so the architecture is built on the meta
+    device (once per model): a search space's ``merge_from`` is then checked before any trial starts."""
+    return _timm_swin_depth(spec.timm_model, json.dumps(spec.timm_kwargs, sort_keys=True))
 
 
 def _check_model_class(model: nn.Module, spec: BackboneSpec) -> None:
@@ -154,11 +175,11 @@ class DTL(SideNet):
 
     def __init__(self, config: DTLConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
+        backbone.freeze()
         spec, model = backbone.spec, backbone.model
         _check_model_class(model, spec)
         stages = _stages(model, spec.layout)
         depth = sum(len(blocks) for _, blocks in stages)
-        config.check_depth(depth)
         taps, self.merge_from = config.resolved(depth)
         self.taps = tuple(taps)
         widths = [spec.widths[s] if spec.layout == "swin" else spec.widths[0] for s in range(len(stages))]
@@ -167,12 +188,12 @@ class DTL(SideNet):
         self.fusions = nn.ModuleDict()
         start = 0
         for s, (_, blocks) in enumerate(stages):
-            # h is reset at each stage, so taps in a stage that ends before block M could never reach the backbone.
-            merges = start + len(blocks) - 1 >= self.merge_from - 1
-            for i in range(start, start + len(blocks)):
-                if i in taps and merges:
-                    self.maps[str(i)] = LowRankLinear(widths[s], widths[s], config.rank)
-            if config.kernel_size and merges:
+            # h is reset at each stage: its taps (and conv) reach the backbone only if the stage has a block >= M.
+            stage = range(start, start + len(blocks))
+            live = [i for i in stage if i in taps] if stage[-1] >= self.merge_from - 1 else []
+            for i in live:
+                self.maps[str(i)] = LowRankLinear(widths[s], widths[s], config.rank)
+            if config.kernel_size and live:
                 self.fusions[str(s)] = DepthwiseFusion(
                     widths[s], config.kernel_size, grid_size=spec.grid_size, num_prefix_tokens=spec.num_prefix_tokens
                 )
@@ -242,7 +263,8 @@ def _preset(**kwargs: object) -> dict[str, object]:
 
 @register_sidenet("dtl")
 def dtl_vit_b16() -> dict[str, object]:
-    """Official ViT-B/16 VTAB recipe: r = 2, all 12 blocks tapped, M = 7, beta = 100, drop-path 0.1."""
+    """Official ViT-B/16 VTAB recipe: r = 2, all 12 blocks tapped, M = 7, beta = 100, drop-path 0.1 (0.1 or 0.2 per
+    task in the official scripts)."""
     return _preset(rank=2, first_tap=0, last_tap=-1, merge_from=7, beta=100.0, kernel_size=0, drop_path=0.1)
 
 
@@ -254,7 +276,8 @@ def dtl_plus_vit_b16() -> dict[str, object]:
 
 @register_sidenet("dtl")
 def dtl_swin_b() -> dict[str, object]:
-    """Official Swin-B VTAB recipe: r = 4, blocks 4..23 tapped (0-indexed), M = 15, beta = 100, drop-path 0.1."""
+    """Official Swin-B VTAB recipe: r = 4, blocks 4..23 tapped (0-indexed), M = 15, beta = 100, drop-path 0.1 (the
+    official scripts pick 0.0 to 0.5 per task; ``search_spaces/dtl_swin.yaml`` searches it)."""
     return _preset(rank=4, first_tap=4, last_tap=-1, merge_from=15, beta=100.0, kernel_size=0, drop_path=0.1)
 
 

@@ -4,7 +4,8 @@ Adaptation", CVPR 2024).
 The paper's code was not released; this module implements the formulation the paper gives and turns each detail the
 paper leaves open into a config choice (the defaults are marked *):
 
-* The frozen ViT runs under ``no_grad`` and hands over its block outputs ``b_1..b_L`` through timm's
+* The family freezes the ViT it is given (one that a ``full`` trial unfroze in the same process must not train here);
+  the frozen ViT runs under ``no_grad`` and hands over its block outputs ``b_1..b_L`` through timm's
   ``forward_intermediates`` (all tokens, CLS included; no final norm). Nothing the side network does sends a gradient
   into the backbone, so its features can be cached and its activations are never kept.
 * A parallel network keeps a state ``h`` (``h_0 = 0``) and refines it at each adapted layer ``i``:
@@ -129,6 +130,7 @@ class LoSA(SideNet):
 
     def __init__(self, config: LoSAConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
+        backbone.freeze()
         spec = backbone.spec
         depth, width = spec.num_taps, spec.widths[0]
         self.adapted = config.adapted_layers(depth)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,7 +80,22 @@ def test_depthwise_fusion_bypasses_prefix_tokens() -> None:
     nhwc = grid.permute(0, 2, 3, 1)
     assert torch.allclose(fusion(nhwc), expected.reshape(2, 3, 3, 4), atol=1e-6)
     with pytest.raises(ValueError):
-        DepthwiseFusion(4, 2)
+        DepthwiseFusion(4, 0)
+
+
+@pytest.mark.parametrize("kernel", [2, 4])
+def test_even_fusion_kernel_pads_like_pytorch_same(kernel: int) -> None:
+    """Even kernels (DTL's official ViT scripts use 4) put the extra padding after the grid, as ``padding='same'``
+    does in the official code; checked on a non-square grid against PyTorch's own 'same' convolution."""
+    fusion = DepthwiseFusion(3, kernel, grid_size=(4, 5), num_prefix_tokens=1)
+    x = torch.randn(2, 21, 3)
+    grid = x[:, 1:].transpose(1, 2).reshape(2, 3, 4, 5)
+    with warnings.catch_warnings():  # PyTorch's own path (the official code's) warns once about the padded copy
+        warnings.simplefilter("ignore")
+        expected = F.conv2d(grid, fusion.conv.weight, padding="same", groups=3).flatten(2).transpose(1, 2)
+    y = fusion(x)
+    assert y.shape == x.shape and torch.equal(y[:, 0], x[:, 0])
+    assert torch.allclose(y[:, 1:], expected, atol=1e-6)
 
 
 def test_side_drop_path() -> None:

@@ -51,14 +51,28 @@ def test_small_vit_parameter_count() -> None:
 
 
 @pytest.mark.parametrize("merge_from", [1, 7, 12])
-def test_gradient_path_vit(merge_from: int) -> None:
+def test_gradient_path_vit(merge_from: int, trained_backbone_params) -> None:
     model = create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, merge_from=merge_from, kernel_size=3)
     x, y = random_batch(model.backbone, num_classes=3)
     # Blocks 1..M (0-indexed < M) see nothing trainable; the inputs of the later ones carry the side state.
     assert blocks_recording_graph(model, x) == [i >= merge_from for i in range(12)]
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    assert all(p.grad is None for p in model.backbone.parameters())
-    assert all(p.grad is not None for p in model.side_parameters())
+    assert trained_backbone_params(model, x, y) == []
+
+
+def test_gradient_path_check_notices_a_trainable_backbone_block(trained_backbone_params) -> None:
+    """The check above can fail: a block after M that trains (a leak) is on the loss's graph and is reported."""
+    model = create_sidenet("dtl", tiny_backbone("vit"), num_classes=3, merge_from=7)
+    x, y = random_batch(model.backbone, num_classes=3)
+    model.backbone.model.blocks[9].requires_grad_(True)
+    leaked = trained_backbone_params(model, x, y)
+    assert leaked and all(n.startswith("model.blocks.9.") for n in leaked)
+
+
+@pytest.mark.parametrize("layout", ["vit", "swin"])
+def test_dtl_freezes_the_backbone_it_is_given(layout: str, assert_family_freezes) -> None:
+    assert_family_freezes(
+        lambda b: create_sidenet("dtl", b, num_classes=3, merge_from=12, kernel_size=3), tiny_backbone(layout)
+    )
 
 
 def test_gradient_path_small_vit() -> None:
@@ -117,7 +131,7 @@ def test_drop_path_is_driven_by_the_side_network() -> None:
         ({"merge_from": 0}, "sidenet.merge_from", "at least 1"),
         ({"first_tap": 12}, "sidenet.first_tap", "0..11"),
         ({"last_tap": 40}, "sidenet.last_tap", "-1 or in 0..11"),
-        ({"kernel_size": 4}, "sidenet.kernel_size", "odd"),
+        ({"kernel_size": -1}, "sidenet.kernel_size", "0 (DTL) or a kernel size"),
         ({"beta": 0}, "sidenet.beta", "positive"),
         ({"drop_path": 1.0}, "sidenet.drop_path", "[0, 1)"),
     ],

@@ -13,13 +13,20 @@ from autoside.testing import blocks_recording_graph, random_batch, run_contract,
 
 
 @pytest.mark.parametrize("make_backbone", [lambda: tiny_backbone("vit"), small_vit_backbone])
-def test_no_block_records_a_graph_and_no_backbone_gradient(make_backbone) -> None:
+def test_no_block_records_a_graph_and_no_backbone_gradient(make_backbone, trained_backbone_params) -> None:
     model = create_sidenet("losa", make_backbone(), num_classes=3, channel_rank=8, token_rank=4)
     x, y = random_batch(model.backbone, num_classes=3)
     assert not any(blocks_recording_graph(model, x))
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    assert all(p.grad is None for p in model.backbone.parameters())
-    assert all(p.grad is not None for p in model.side_parameters())
+    assert trained_backbone_params(model, x, y) == []
+    # Even a backbone block left trainable is never reached: the backbone runs without autograd.
+    model.backbone.model.blocks[-1].requires_grad_(True)
+    assert trained_backbone_params(model, x, y) == []
+
+
+def test_losa_freezes_the_backbone_it_is_given(assert_family_freezes) -> None:
+    assert_family_freezes(
+        lambda b: create_sidenet("losa", b, num_classes=3, channel_rank=8, token_rank=4), tiny_backbone("vit")
+    )
 
 
 def test_starts_as_the_frozen_prediction() -> None:
