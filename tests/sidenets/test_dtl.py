@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from autoside.errors import ConfigError
 from autoside.sidenets import create_sidenet, resolve
 from autoside.sidenets.dtl import DTLConfig
 from autoside.testing import backbone_blocks, blocks_recording_graph, random_batch, small_vit_backbone, tiny_backbone
+from autoside.tune.space import load_space
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +38,55 @@ def test_dtl_plus_vit_b16_parameter_count(vit_b16, kernel: int, expected: int) -
     assert _count("dtl_plus_vit_b16", vit_b16, kernel_size=kernel) == expected
 
 
-def test_dtl_swin_b_parameter_count() -> None:
+@pytest.fixture(scope="module")
+def swin_b():
     with torch.device("meta"):
-        swin = create_backbone("swin_base_patch4_window7_224", weights="random")
+        return create_backbone("swin_base_patch4_window7_224", weights="random")
+
+
+def test_dtl_swin_b_parameter_count(swin_b) -> None:
     assert resolve("dtl_swin_b").first_tap == 4
-    assert _count("dtl_swin_b", swin) == 90_112
+    assert _count("dtl_swin_b", swin_b) == 90_112
+
+
+@pytest.mark.parametrize(("kernel", "official"), [(3, 107_392), (5, 138_112)])
+def test_dtl_plus_swin_b_parameter_count_against_the_official_code(swin_b, kernel: int, official: int) -> None:
+    """The official Swin-B script logs ``number of params for requires grad in backbone`` (every ``lora_`` parameter);
+    no log of a run is published, so ``official`` is that figure computed from the official module definitions: one
+    rank-4 map per block 4..23 (18 x 2 x 512 x 4 + 2 x 2 x 1024 x 4 = 90,112) plus a bias-free depthwise conv for each
+    of the four stages ((128 + 256 + 512 + 1024) x k^2; the scripts use k = 3 or 5). autoside builds no conv for
+    stages 1 and 2: no tap lies in them and none of their blocks is >= M = 15, so those (128 + 256) x k^2 weights never
+    receive a gradient in the official model either."""
+    dead = (128 + 256) * kernel**2
+    assert _count("dtl_swin_b", swin_b, kernel_size=kernel) == official - dead
+
+
+def test_swin_convs_only_for_stages_with_live_taps(swin_b) -> None:
+    # Taps 22, 23 lie in the last stage only: the third stage merges (blocks 15..22) but has no side state to fuse.
+    assert _count("dtl", swin_b, rank=2, first_tap=22, merge_from=15, kernel_size=3) == 2 * 2 * 1024 * 2 + 1024 * 9
+    model = create_sidenet("dtl_swin_b", tiny_backbone("swin"), num_classes=3, kernel_size=3)
+    assert sorted(model.fusions) == ["2", "3"]
+    model = create_sidenet("dtl", tiny_backbone("swin"), num_classes=3, first_tap=22, merge_from=15, kernel_size=3)
+    assert sorted(model.fusions) == ["3"] and sorted(int(k) for k in model.maps) == [22, 23]
+
+
+def test_even_kernel_parameter_count(vit_b16) -> None:
+    """k = 4, as the official ViT-B/16 scripts use on some VTAB tasks."""
+    assert _count("dtl_plus_vit_b16", vit_b16, kernel_size=4) == 36_864 + 768 * 16
+
+
+def test_spaces_reach_the_official_settings_and_are_checked_against_the_backbone(vit_b16, swin_b) -> None:
+    spaces = Path(__file__).resolve().parents[2] / "search_spaces"
+    for path, backbone, depth, drop_path in (("dtl.yaml", vit_b16, 12, 0.2), ("dtl_swin.yaml", swin_b, 24, 0.5)):
+        space = load_space(spaces / path)
+        params = {p.name: p for p in space.families[0].params}
+        assert {0, 3, 4, 5} <= set(params["kernel_size"].choices)
+        assert (params["merge_from"].low, params["merge_from"].high) == (1, depth)
+        assert params["drop_path"].low == 0.0 and params["drop_path"].high == drop_path
+        space.check_backbone(backbone.spec)
+    assert resolve("dtl_swin_b").merge_from <= 24 and resolve("dtl_swin_b").first_tap <= params["first_tap"].high
+    with pytest.raises(ConfigError, match=r"families\.dtl: sidenet\.merge_from: must be in 1\.\.12 .*merge_from=24"):
+        space.check_backbone(vit_b16.spec)
 
 
 def test_small_vit_parameter_count() -> None:

@@ -81,8 +81,8 @@ def test_one_clear_error_per_mistake(families: dict, expected: str) -> None:
 
 
 def test_family_rejects_a_corner_of_the_range() -> None:
-    message = _error({"families": {"dtl": {"kernel_size": {"type": "categorical", "choices": [0, 2]}}}})
-    assert "kernel_size" in message and "odd" in message and "kernel_size=2" in message
+    message = _error({"families": {"dtl": {"kernel_size": {"type": "categorical", "choices": [0, -1]}}}})
+    assert "kernel_size" in message and "must be 0 (DTL) or a kernel size" in message and "kernel_size=-1" in message
 
 
 def test_unknown_top_level_key_and_missing_families() -> None:
