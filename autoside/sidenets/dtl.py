@@ -21,7 +21,7 @@ What is implemented, block by block (``i`` 0-indexed, ``M`` 1-indexed as in the 
 * The fusion kernel may be even (the official ViT scripts use 4 on some VTAB tasks): as PyTorch's "same" padding, the
   extra row and column of padding go after the grid, not before.
 * Drop-path on the frozen blocks (``drop_path``, the largest rate, reached at the last block after a linear increase
-  over depth as in timm; the official scripts pick 0.0 to 0.2 per ViT task and 0.0 to 0.5 per Swin task) is applied
+  over depth as in timm; the official scripts pick up to 0.2 per ViT task and 0.0 to 0.5 per Swin task) is applied
   through :class:`~autoside.layers.SideDropPath`, because autoside keeps frozen backbones in eval mode.
 * The family freezes the backbone it is given (a backbone that a ``full`` trial unfroze in the same process must not
   train here).
