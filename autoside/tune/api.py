@@ -184,6 +184,7 @@ def _drive(
     owns_ray = driver.connect_ray(opts.address)
     try:
         try:
+            driver.check_tracking_reachable(meta["tracking_uri"])
             state = driver.prepare(path, meta, space, recipe, opts, new=new)
         except BaseException:
             if new:

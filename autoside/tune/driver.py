@@ -24,13 +24,20 @@ from autoside.units import format_bytes
 
 
 def connect_ray(address: str | None) -> bool:
-    """Connect to Ray; by default start a small local cluster bound to 127.0.0.1. True when this call started it."""
+    """Connect to Ray; by default start a small local cluster bound to 127.0.0.1. True when this call started it.
+
+    A loopback ``address`` (a cluster of nodes on this machine) keeps the driver on 127.0.0.1 too."""
     import ray
 
     if ray.is_initialized():
         return False
+    from autoside.tune.loopback import is_loopback, pin_loopback
+
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
-    if address in (None, "", "local"):
+    local = address in (None, "", "local")
+    if local or is_loopback(address):
+        pin_loopback()  # otherwise Ray registers (and listens on) the machine's interface address
+    if local:
         ray.init(
             address="local",
             _node_ip_address="127.0.0.1",
@@ -42,6 +49,22 @@ def connect_ray(address: str | None) -> bool:
     else:
         ray.init(address=address, **quiet)
     return True
+
+
+def check_tracking_reachable(tracking_uri: str) -> None:
+    """Refuse a file-based MLflow store (SQLite, a folder) when trials may run on other nodes, which could not reach
+    it (and SQLite over a network file system corrupts)."""
+    import ray
+
+    from autoside.errors import ConfigError
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and not tracking.is_server(tracking_uri):
+        raise ConfigError(
+            f"--tracking-uri {tracking_uri}: the Ray cluster has {nodes} nodes, and trials on other nodes cannot write "
+            f"to a local MLflow store; start a tracking server (mlflow server --host HOST --port 5000 "
+            f"--backend-store-uri sqlite:///mlflow.db) and pass --tracking-uri http://HOST:5000"
+        )
 
 
 @dataclass

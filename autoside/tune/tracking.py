@@ -35,8 +35,13 @@ def artifact_location(root: Path) -> str:
     return (Path(root).resolve() / "mlartifacts").as_uri()
 
 
+def is_server(tracking_uri: str) -> bool:
+    """True for an MLflow tracking server (``http(s)://``), which every node of a cluster can reach."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def ui_command(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
@@ -140,7 +145,10 @@ def start_parent(
     c = client(tracking_uri)
     experiment = retry(lambda: c.get_experiment_by_name(name))
     if experiment is None:
-        experiment_id = retry(lambda: c.create_experiment(name, artifact_location=f"{artifact_location(root)}/{name}"))
+        # A tracking server keeps artifacts where it was told to (``--artifacts-destination``, served over HTTP): a
+        # local folder of the driver would be unreachable from other nodes.
+        location = None if is_server(tracking_uri) else f"{artifact_location(root)}/{name}"
+        experiment_id = retry(lambda: c.create_experiment(name, artifact_location=location))
     else:
         experiment_id = experiment.experiment_id
     run = retry(lambda: c.create_run(experiment_id, run_name=name, tags={SEARCH_TAG: name, **tags}))

@@ -214,6 +214,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         (trial_dir / "error.txt").write_text(traceback.format_exc())
     extra["wall_time_s"] = time.time() - started
+    extra["node_id"] = _ray_node_id()
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},
@@ -233,3 +234,10 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     )
     write_json_atomic(trial_dir / "result.json", record)
     return record
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this trial ran on (None outside Ray), so a cluster search shows where each trial went."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

@@ -1,0 +1,195 @@
+"""Ray on loopback: a local search listens only on 127.0.0.1, and a search runs across a head and two worker nodes
+started as real processes, tracked by a real MLflow tracking server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoside.tune.loopback import LoopbackCluster, free_port, is_loopback
+
+pytestmark = [pytest.mark.ray]
+
+SPACE = {"name": "tiny", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}}}
+RECIPE = {
+    "name": "tinyvit",
+    "dataset": {"name": "digits", "train_size": 96, "val_size": 32, "test_size": 32},
+    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
+    "image_size": 32,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.003,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def _children(pid: int) -> set[int]:
+    """``pid``'s descendants, from /proc (a Ray node's agents are children of its raylet)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _listening(pids: set[int]) -> set[str]:
+    """The local addresses that ``pids`` accept TCP connections on (from /proc/net/tcp{,6} and their sockets)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addresses = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            if width == 8:
+                addresses.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+            else:  # four little-endian 32-bit words
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                addresses.add(socket.inet_ntop(socket.AF_INET6, words))
+    return addresses
+
+
+def _is_loopback_listen(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1") or address.startswith("::ffff:127.")
+
+
+def test_loopback_addresses():
+    assert is_loopback("127.0.0.1:6379") and is_loopback("localhost") and is_loopback("[::1]")
+    assert not is_loopback("auto") and not is_loopback("10.0.0.5:6379") and not is_loopback("ray://head:10001")
+
+
+def test_local_cluster_registers_and_listens_on_loopback_only():
+    import ray
+
+    from autoside.tune.driver import connect_ray
+
+    assert connect_ray(None)
+    try:
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        listening = _listening(_children(os.getpid()))
+        assert listening, "found no listening socket of the local Ray cluster"
+        assert all(_is_loopback_listen(a) for a in listening), listening
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """``mlflow server`` on 127.0.0.1 with proxied artifacts; stopped by the process group it was started in."""
+    port = free_port()
+    folder = tmp_path / "mlflow-server"
+    folder.mkdir()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
+    log = open(folder / "server.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+@pytest.mark.slow
+def test_search_runs_across_two_worker_nodes(tmp_path: Path, mlflow_server: str) -> None:
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    with LoopbackCluster(tmp_path / "cluster") as cluster:
+        cluster.start_head()
+        time.sleep(2)
+        workers = [cluster.add_worker("w1"), cluster.add_worker("w2")]
+        cluster.wait_for_nodes(3)
+        probe = (
+            "import json, ray; from autoside.tune.loopback import pin_loopback; pin_loopback(); "
+            f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps({k: n['NodeID'] for n in ray.nodes() if n['Alive'] "
+            "for k in ('w1', 'w2') if k in n['Resources']}))"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], env=cluster.env(), capture_output=True, text=True)
+        node_of = json.loads(done.stdout.strip().splitlines()[-1])
+        assert set(node_of) == {"w1", "w2"}
+        assert all(n.raylet_pid() for n in workers)  # each node's processes are found through its recorded pid
+
+        driver_dir = tmp_path / "driver"
+        driver_dir.mkdir()
+        cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp_path / "space.yaml")]
+        cmd += [str(tmp_path / "recipe.yaml"), "--num-samples", "4", "--max-concurrent", "2", "--name", "mn"]
+        cmd += ["--address", cluster.address, "--tracking-uri", mlflow_server, "--root", str(driver_dir), "--quiet"]
+        cmd += ["--json"]
+        run = subprocess.run(cmd, cwd=driver_dir, env=cluster.env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+        # A file-based tracking store is refused once the cluster has more than one node.
+        refused = subprocess.run(
+            [*cmd[: cmd.index("--tracking-uri")], "--name", "mn2", "--root", str(driver_dir)],
+            cwd=driver_dir,
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stderr[-2000:]
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    records = [json.loads(p.read_text()) for p in sorted((driver_dir / "mn" / "trials").glob("*/result.json"))]
+    assert [r["status"] for r in records] == ["ok"] * 4
+    ran_on = {r["node_id"] for r in records}
+    assert ran_on == set(node_of.values()), (ran_on, node_of)
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("mn")
+    assert not experiment.artifact_location.startswith("file:"), experiment.artifact_location
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    numbers = sorted(int(r.data.tags["autoside.trial_number"]) for r in children)
+    assert numbers == [0, 1, 2, 3]  # every trial exactly once
+    for r in children:
+        assert r.data.tags["status"] == "ok"
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["side_network"]
