@@ -22,6 +22,8 @@ from autoside.tune.results import RESULT_FILE, SearchResult, open_search, read_r
 from autoside.tune.trial import TrialContext, result_record, trial_id_of, write_json_atomic
 from autoside.units import format_bytes
 
+TRIAL_RETRIES = 1
+
 
 def connect_ray(address: str | None) -> bool:
     """Connect to Ray; by default start a small local cluster bound to 127.0.0.1. True when this call started it.
@@ -274,7 +276,9 @@ def run_tuner(state: DriverState) -> bool:
             storage_path=str((state.path / "ray").resolve()),
             verbose=0,
             callbacks=[progress.callback()],
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose worker process or node dies runs again once (same trial number, its MLflow run
+            # replaced); a trial that raises is recorded failed by itself and not retried.
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
     try:

@@ -139,6 +139,9 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     side_config = space_from_dict(ctx.space).config_from_params(params)
     recipe = replace(recipe_from_dict(ctx.recipe), memory_budget=ctx.budget_bytes)
     config_dict = side_config.to_dict()
+    # A run left by an earlier attempt of this trial (its worker or node died, Ray retried it) is replaced, so that
+    # MLflow holds each trial once.
+    replaced = tracking.delete_trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, [number])
     run = tracking.TrialRun.start(
         ctx.tracking_uri,
         ctx.experiment_id,
@@ -213,8 +216,10 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         status = "failed"
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         (trial_dir / "error.txt").write_text(traceback.format_exc())
+        tracking.retry(lambda: run.client.log_artifact(run.run_id, str(trial_dir / "error.txt")))
     extra["wall_time_s"] = time.time() - started
     extra["node_id"] = _ray_node_id()
+    extra["attempt"] = 1 + replaced
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},

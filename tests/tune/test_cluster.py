@@ -100,12 +100,11 @@ def test_local_cluster_registers_and_listens_on_loopback_only():
         ray.shutdown()
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """``mlflow server`` on 127.0.0.1 with proxied artifacts; stopped by the process group it was started in."""
     port = free_port()
-    folder = tmp_path / "mlflow-server"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("mlflow-server")
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
     log = open(folder / "server.log", "wb")  # noqa: SIM115
@@ -134,17 +133,14 @@ def mlflow_server(tmp_path: Path):
     log.close()
 
 
-@pytest.mark.slow
-def test_search_runs_across_two_worker_nodes(tmp_path: Path, mlflow_server: str) -> None:
-    import yaml
-    from mlflow.tracking import MlflowClient
-
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
-    with LoopbackCluster(tmp_path / "cluster") as cluster:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A head and two worker nodes (custom resources ``w1``, ``w2``) as real processes on 127.0.0.1."""
+    with LoopbackCluster(tmp_path_factory.mktemp("cluster")) as cluster:
         cluster.start_head()
         time.sleep(2)
-        workers = [cluster.add_worker("w1"), cluster.add_worker("w2")]
+        cluster.add_worker("w1")
+        cluster.add_worker("w2")
         cluster.wait_for_nodes(3)
         probe = (
             "import json, ray; from autoside.tune.loopback import pin_loopback; pin_loopback(); "
@@ -153,43 +149,93 @@ def test_search_runs_across_two_worker_nodes(tmp_path: Path, mlflow_server: str)
             "for k in ('w1', 'w2') if k in n['Resources']}))"
         )
         done = subprocess.run([sys.executable, "-c", probe], env=cluster.env(), capture_output=True, text=True)
-        node_of = json.loads(done.stdout.strip().splitlines()[-1])
-        assert set(node_of) == {"w1", "w2"}
-        assert all(n.raylet_pid() for n in workers)  # each node's processes are found through its recorded pid
+        cluster.node_of = json.loads(done.stdout.strip().splitlines()[-1])
+        assert set(cluster.node_of) == {"w1", "w2"}
+        yield cluster
 
-        driver_dir = tmp_path / "driver"
-        driver_dir.mkdir()
-        cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp_path / "space.yaml")]
-        cmd += [str(tmp_path / "recipe.yaml"), "--num-samples", "4", "--max-concurrent", "2", "--name", "mn"]
-        cmd += ["--address", cluster.address, "--tracking-uri", mlflow_server, "--root", str(driver_dir), "--quiet"]
-        cmd += ["--json"]
-        run = subprocess.run(cmd, cwd=driver_dir, env=cluster.env(), capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
 
-        # A file-based tracking store is refused once the cluster has more than one node.
-        refused = subprocess.run(
-            [*cmd[: cmd.index("--tracking-uri")], "--name", "mn2", "--root", str(driver_dir)],
-            cwd=driver_dir,
-            env=cluster.env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stderr[-2000:]
-    assert len(refused.stderr.strip().splitlines()) == 1
+def _search_cmd(tmp_path: Path, cluster: LoopbackCluster, name: str, tracking_uri: str | None) -> list[str]:
+    import yaml
 
-    records = [json.loads(p.read_text()) for p in sorted((driver_dir / "mn" / "trials").glob("*/result.json"))]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp_path / "space.yaml"), str(tmp_path / "recipe.yaml")]
+    cmd += ["--num-samples", "4", "--max-concurrent", "2", "--name", name, "--address", cluster.address]
+    cmd += ["--root", str(tmp_path / "driver"), "--quiet"]
+    return cmd + (["--tracking-uri", tracking_uri] if tracking_uri else [])
+
+
+def _trial_runs(tracking_uri: str, name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def _records(root: Path, name: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / name / "trials").glob("*/result.json"))]
+
+
+@pytest.mark.slow
+def test_search_runs_across_two_worker_nodes(tmp_path: Path, cluster: LoopbackCluster, mlflow_server: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    cmd = _search_cmd(tmp_path, cluster, "mn", mlflow_server)
+    run = subprocess.run(cmd, cwd=workdir, env=cluster.env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    records = _records(workdir, "mn")
     assert [r["status"] for r in records] == ["ok"] * 4
-    ran_on = {r["node_id"] for r in records}
-    assert ran_on == set(node_of.values()), (ran_on, node_of)
+    assert {r["node_id"] for r in records} == set(cluster.node_of.values())  # both worker nodes ran trials
 
     client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("mn")
-    assert not experiment.artifact_location.startswith("file:"), experiment.artifact_location
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    numbers = sorted(int(r.data.tags["autoside.trial_number"]) for r in children)
-    assert numbers == [0, 1, 2, 3]  # every trial exactly once
+    assert not client.get_experiment_by_name("mn").artifact_location.startswith("file:")
+    children = _trial_runs(mlflow_server, "mn")
+    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [0, 1, 2, 3]  # each exactly once
     for r in children:
         assert r.data.tags["status"] == "ok"
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["side_network"]
+
+    # A file-based tracking store is refused once the cluster has more than one node: one line, exit 2.
+    refused = subprocess.run(
+        _search_cmd(tmp_path, cluster, "mn2", None), cwd=workdir, env=cluster.env(), capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stderr[-2000:]
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_trials_of_a_killed_worker_node_run_again_elsewhere(
+    tmp_path: Path, cluster: LoopbackCluster, mlflow_server: str
+) -> None:
+    """SIGKILL one worker node's raylet while both nodes run a trial: its trial is retried (same number) on the
+    other node, the search finishes, and MLflow holds every trial once with a final status."""
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    cmd = _search_cmd(tmp_path, cluster, "mf", mlflow_server)
+    driver = subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.data.tags.get("status") == "running" for r in _trial_runs(mlflow_server, "mf")) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, "two trials never ran at once"
+            time.sleep(0.5)
+        w1 = next(n for n in cluster.nodes if n.name == "w1")
+        os.kill(w1.raylet_pid(), signal.SIGKILL)
+        _, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err.decode()[-3000:]
+    records = _records(workdir, "mf")
+    assert [r["status"] for r in records] == ["ok"] * 4
+    assert max(r["attempt"] for r in records) == 2  # the killed node's trial ran a second time
+    assert {r["node_id"] for r in records if r["attempt"] == 2} == {cluster.node_of["w2"]}
+    children = _trial_runs(mlflow_server, "mf")
+    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert {r.data.tags["status"] for r in children} == {"ok"}

@@ -168,6 +168,33 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     assert run.data.tags["status"] == "infeasible"
 
 
+def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside a trial fails that trial only, with the traceback as an MLflow artifact; the same trial
+    number run again (a retry after its worker died) replaces its MLflow run instead of adding a second one."""
+    import autoside.train
+    from autoside.tune import tracking
+    from autoside.tune.trial import TrialContext, execute_trial
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("side network exploded")
+
+    monkeypatch.setattr(autoside.train, "train_model", broken)
+    uri = tracking.default_tracking_uri(tmp_path)
+    experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
+    ctx = TrialContext("x", str(tmp_path / "x"), SPACE, RECIPE, None, uri, experiment, parent)
+    first = execute_trial(ctx, 3, {"family": "linear", "linear/dropout": 0.1})
+    assert first["status"] == "failed" and "side network exploded" in first["reason"] and first["attempt"] == 1
+    client = tracking.client(uri)
+    local = client.download_artifacts(first["mlflow_run_id"], "error.txt", str(tmp_path))
+    assert "RuntimeError: side network exploded" in Path(local).read_text()
+    second = execute_trial(ctx, 3, {"family": "linear", "linear/dropout": 0.1})
+    assert second["attempt"] == 2
+    runs = tracking.trial_runs(uri, experiment, parent)
+    assert [r.info.run_id for r in runs] == [second["mlflow_run_id"]]
+
+
 # -- bad input: one line, non-zero exit, nothing written --------------------------------------------------------------
 def test_budget_below_any_config_is_refused_before_start(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space, recipe = _write(tmp_path)
