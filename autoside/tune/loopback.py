@@ -155,12 +155,25 @@ class LoopbackCluster:
         args += ["--include-dashboard", "false", "--temp-dir", str(self.ray_dir)]
         return self._start("head", args, {}, self.workdir / "head")
 
-    def add_worker(self, name: str, *, num_cpus: int = 1) -> Node:
-        """A worker node with the custom resource ``{name: 1}`` and a working directory of its own."""
+    def add_worker(self, name: str, *, num_cpus: int = 1, attempts: int = 2) -> Node:
+        """A worker node with the custom resource ``{name: 1}`` and a working directory of its own, started and
+        waited for; started again if it gives up during start-up (Ray allows a raylet 30 s to register, which a
+        loaded machine can exceed)."""
         resources = {name: 1.0}
         args = ["--address", self.address, "--node-ip-address", LOOPBACK, "--num-cpus", str(num_cpus)]
         args += ["--resources", json.dumps(resources)]
-        return self._start(name, args, resources, self.workdir / name)
+        expected = sum(1 for n in self.nodes if n.process.poll() is None) + 1
+        for attempt in range(attempts):
+            node = self._start(name, args, resources, self.workdir / name)
+            try:
+                self.wait_for_nodes(expected)
+                return node
+            except RuntimeError:
+                if node.process.poll() is None or attempt == attempts - 1:
+                    raise
+                node.stop()
+                self.nodes.remove(node)
+        raise AssertionError("unreachable")
 
     def wait_for_nodes(self, count: int, timeout_s: float = 90.0) -> None:
         """Block until ``count`` nodes are alive in the cluster (checked from a short-lived process)."""

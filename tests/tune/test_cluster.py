@@ -100,37 +100,53 @@ def test_local_cluster_registers_and_listens_on_loopback_only():
         ray.shutdown()
 
 
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with proxied artifacts, stopped by the process group it was started in and
+    restartable on the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port, self.process = folder, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
+        cmd += ["--artifacts-destination", str(self.folder / "art")]
+        with open(self.folder / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                cmd, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """``mlflow server`` on 127.0.0.1 with proxied artifacts; stopped by the process group it was started in."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
-    log = open(folder / "server.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    import urllib.request
-
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield uri
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server.uri
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +157,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         time.sleep(2)
         cluster.add_worker("w1")
         cluster.add_worker("w2")
-        cluster.wait_for_nodes(3)
         probe = (
             "import json, ray; from autoside.tune.loopback import pin_loopback; pin_loopback(); "
             f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
@@ -208,6 +223,40 @@ def test_search_runs_across_two_worker_nodes(tmp_path: Path, cluster: LoopbackCl
     )
     assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stderr[-2000:]
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_tracking_server_down_for_ten_seconds_loses_nothing(tmp_path: Path, cluster: LoopbackCluster) -> None:
+    """Stop the MLflow server mid-search for ~10 s, then start it again on the same port and store: every trial's
+    run arrives with its final metrics, none twice, and every trial finishes ok."""
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    server.start()
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    cmd = _search_cmd(tmp_path, cluster, "mo", server.uri)
+    driver = subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.data.tags.get("status") == "running" for r in _trial_runs(server.uri, "mo")):
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial started"
+            time.sleep(0.5)
+        server.stop()
+        time.sleep(10)
+        server.start()
+        _, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    try:
+        assert driver.returncode == 0, err.decode()[-3000:]
+        assert [r["status"] for r in _records(workdir, "mo")] == ["ok"] * 4
+        children = _trial_runs(server.uri, "mo")
+        assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [0, 1, 2, 3]
+        for r in children:
+            assert r.data.tags["status"] == "ok" and "val_accuracy" in r.data.metrics and r.info.status == "FINISHED"
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow
