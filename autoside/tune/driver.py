@@ -48,6 +48,9 @@ def connect_ray(address: str | None) -> bool:
             object_store_memory=128 * 1024**2,
             **quiet,
         )
+        from autoside.tune.reaper import watch_local_cluster
+
+        watch_local_cluster()
     else:
         ray.init(address=address, **quiet)
     return True

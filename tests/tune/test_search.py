@@ -219,6 +219,19 @@ def test_unknown_family_in_cli(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert "unknown family 'lora'" in err and len(err.splitlines()) == 1
 
 
+def _process_group(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:  # zombies hold nothing; init reaps them
+                pids.append(int(entry.name))
+    return pids
+
+
 # -- kill the driver, resume (own Ray cluster in subprocesses; runs before the in-process cluster starts) ------------
 @pytest.mark.ray
 @pytest.mark.slow
@@ -245,6 +258,10 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 30  # nothing the killed driver started outlives it (Ray's agents included)
+    while left := [pid for pid in _process_group(proc.pid)]:
+        assert time.time() < deadline, f"processes of the killed search still running: {left}"
+        time.sleep(0.5)
     before = {p.parent.name: p.read_text() for p in trials.glob("*/result.json")}
     assert 2 <= len(before) < n
     time.sleep(3)  # let Ray's reaper take the killed driver's cluster down

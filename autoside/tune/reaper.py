@@ -1,0 +1,93 @@
+"""Stop what a search's local Ray cluster left behind when its driver is killed.
+
+A local search starts Ray inside the driver process. Ray ties its GCS server and raylet to the driver's life, but the
+agents the raylet starts (``DashboardAgent``, ``RuntimeEnvAgent``) outlive a driver killed with SIGKILL, each holding
+ports and memory until someone stops them by hand. :func:`watch_local_cluster` starts a small watcher in a session of
+its own: while the driver lives it keeps the list of the cluster's processes (Ray's own processes and their
+descendants, each with its start time, so a reused pid is never hit); once the driver is gone, or the cluster was shut
+down, it stops the ones still alive (SIGTERM, then SIGKILL) and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 1.0
+
+
+def watch_local_cluster() -> subprocess.Popen | None:
+    """Start the watcher for the Ray cluster this process started (None when it started none)."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None:
+        return None
+    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process is not None]
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoside.tune.reaper", str(os.getpid()), *map(str, roots)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(tracked: dict[int, int]) -> dict[int, int]:
+    return {pid: start for pid, start in tracked.items() if _start_time(pid) == start}
+
+
+def watch(driver: int, roots: set[int]) -> None:
+    driver_start = _start_time(driver)
+    tracked = {pid: start for pid in roots if (start := _start_time(pid)) is not None}
+    ray_processes = dict(tracked)
+    while _start_time(driver) == driver_start and _alive(ray_processes):
+        for pid in _descendants(roots, _parents()):
+            start = _start_time(pid)
+            if start is not None:
+                tracked.setdefault(pid, start)
+        time.sleep(POLL_S)
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        left = _alive(tracked)
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while _alive(left) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), {int(p) for p in sys.argv[2:]})
