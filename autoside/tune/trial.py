@@ -239,7 +239,7 @@ def execute_trial(  # noqa: C901, PLR0915
         tracking.retry(lambda: run.client.delete_run(run.run_id))
         shutil.rmtree(trial_dir, ignore_errors=True)
         return {"status": status, "metrics": metrics, "mlflow_run_id": None, "share_bytes": share_bytes, **extra}
-    extra["attempt"] = attempt
+    extra.update(attempt=attempt, share_bytes=share_bytes)
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},
