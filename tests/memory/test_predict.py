@@ -10,11 +10,11 @@ from autoside.sidenets import list_families
 
 RECIPE = {
     "name": "tinyvit",
-    "dataset": {"name": "digits", "train_size": 64, "val_size": 16, "test_size": 16},
+    "dataset": {"name": "digits", "train_size": 32, "val_size": 16, "test_size": 16},
     "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
     "image_size": 64,  # 16 patches: enough tokens for LoSA's default token rank
     "epochs": 1,
-    "batch_size": 32,
+    "batch_size": 16,
     "warmup_epochs": 0,
     "device": "cpu",
     "threads": 1,

@@ -23,11 +23,11 @@ CLUSTER = {
 SPACE = {"name": "tiny", "families": {"linear": {}, "full": {}}}
 RECIPE = {
     "name": "tinyvit",
-    "dataset": {"name": "digits", "train_size": 64, "val_size": 16, "test_size": 16},
+    "dataset": {"name": "digits", "train_size": 32, "val_size": 16, "test_size": 16},
     "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
     "image_size": 32,
     "epochs": 1,
-    "batch_size": 32,
+    "batch_size": 16,
     "warmup_epochs": 0,
     "device": "cpu",
     "threads": 1,
