@@ -300,7 +300,8 @@ def _resources(state: DriverState):  # noqa: ANN202
     packer = None
     if cuda and opts.gpus_per_trial == "auto":
         memory = parse_bytes(opts.gpu_memory, field="--gpu-memory") or _gpu_total_memory()
-        packer = res.Packer(DriverPredictor(state), gpu_memory_bytes=memory, budget_bytes=state.meta["budget_bytes"])
+        predict = res.CachedPredictor(state.recipe, state.space)
+        packer = res.Packer(predict, gpu_memory_bytes=memory, budget_bytes=state.meta["budget_bytes"])
 
     def resources(config: dict[str, Any]):  # noqa: ANN202
         return tune.PlacementGroupFactory([res.bundle(opts.cpus_per_trial, config, fixed)])
@@ -318,24 +319,6 @@ def _gpu_total_memory() -> int:
         return int(torch.cuda.get_device_properties(0).total_memory)
 
     return ray.get(probe.remote())
-
-
-class DriverPredictor:
-    """Dry-step memory prediction on the driver (CPU), for GPU packing; backbone and data are loaded once."""
-
-    def __init__(self, state: DriverState) -> None:
-        self.state = state
-        self.task = None
-
-    def __call__(self, params: dict[str, Any]) -> int:
-        from autoside.data import load_task
-        from autoside.memory.predict import predict_peak_memory
-        from autoside.train import build_model
-
-        recipe = self.state.recipe
-        self.task = self.task or load_task(recipe.dataset)
-        model = build_model(recipe, self.task.num_classes, self.state.space.config_from_params(params))
-        return predict_peak_memory(model, self.task, recipe, device="cpu").predicted_bytes
 
 
 class Progress:

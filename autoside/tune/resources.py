@@ -124,6 +124,39 @@ def check_device(device: str, gpus: float, inventory: GpuInventory) -> str:
     return "cpu"
 
 
+class CachedPredictor:
+    """Dry-step prediction on the driver for packing, cached per configuration; the backbone is built once and
+    copied per prediction (``full`` unfreezes the backbone it is given). It runs on the driver's CPU in fp32,
+    which over-states a bf16 trial's activations; the trial predicts again on its own device, refuses itself over
+    the budget and records both figures (``predicted_peak_bytes``, ``prediction_error``)."""
+
+    def __init__(self, recipe: Any, space: Any) -> None:
+        self.recipe, self.space = recipe, space
+        self.task = self.backbone = None
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, params: dict[str, Any]) -> int:
+        import copy
+        import json
+
+        import torch
+
+        from autoside.data import load_task
+        from autoside.memory.predict import predict_peak_memory
+        from autoside.sidenets import create_sidenet
+        from autoside.train import build_backbone
+
+        key = json.dumps(params, sort_keys=True)
+        if key not in self.cache:
+            self.task = self.task or load_task(self.recipe.dataset)
+            self.backbone = self.backbone or build_backbone(self.recipe)
+            torch.manual_seed(self.recipe.seed)
+            config = self.space.config_from_params(params)
+            model = create_sidenet(config, copy.deepcopy(self.backbone), self.task.num_classes)
+            self.cache[key] = predict_peak_memory(model, self.task, self.recipe, device="cpu").predicted_bytes
+        return self.cache[key]
+
+
 class Packer:
     """``config -> {gpu_fraction, share_bytes, predicted_bytes}`` for each suggestion (the searcher's
     ``resources``); a requeued configuration (``attempt`` 2) gets the share the budget needs, or a whole GPU."""

@@ -67,6 +67,11 @@ def test_gpu_node_type_with_no_worker_up_still_gets_gpu_requests(tmp_path: Path)
     assert config["gpu_fraction"] == res.gpu_fraction(config["predicted_bytes"], 2 * GiB) == 0.3
     assert config["share_bytes"] == int(0.3 * 2 * GiB) - res.CONTEXT_BYTES
     assert resources(config).bundles == [{"CPU": 1.0, "GPU": 0.3}]
+    # Predictions are cached per configuration; the shared backbone is copied, so full's unfreezing does not leak.
+    assert packer({"trial_number": 1, "params": {"family": "linear"}})["predicted_bytes"] == config["predicted_bytes"]
+    assert packer.predict({"family": "full"}) > BUDGET
+    assert packer.predict({"family": "linear", "linear/dropout": 0.1}) == pytest.approx(config["predicted_bytes"], 0.01)
+    assert len(packer.predict.cache) == 3
     # A requeued trial asks for the share the budget needs.
     bigger = packer({**config, "attempt": 2})
     assert bigger["gpu_fraction"] == res.gpu_fraction(BUDGET, 2 * GiB) and bigger["share_bytes"] >= BUDGET
