@@ -56,7 +56,6 @@ class DriverState:
     pending: list[Any] = field(default_factory=list)
     remaining: int = 0
     searcher: Any = None
-    inventory: Any = None
 
 
 def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any, *, new: bool) -> DriverState:
@@ -64,7 +63,7 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    inventory, device = trial_device(opts, recipe)  # a device the GPU request contradicts fails before anything
+    _, device = trial_device(opts, recipe)  # a device the GPU request contradicts fails before anything
     root = Path(opts.root)
     root.mkdir(parents=True, exist_ok=True)
     if new:
@@ -117,7 +116,6 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
         threads=max(1, int(opts.cpus_per_trial)),
     )
     state = DriverState(path, meta, space, recipe, opts, study_name=meta["name"], storage=storage, context=context)
-    state.inventory = inventory
     if not new:
         _reconcile(state)
     finished = len(read_records(path))
