@@ -143,6 +143,9 @@ def test_share_overrun_requeues_budget_overrun_is_infeasible(tmp_path: Path, mon
     record = execute_trial(ctx, 0, {"family": "linear"}, share_bytes=BUDGET, attempt=2)
     assert record["status"] == "ok" and record["attempt"] == 2
     assert abs(record["metrics"]["prediction_error"]) <= 0.10
+    shown = tracking.client(uri).get_run(record["mlflow_run_id"]).data.metrics
+    assert shown["predicted_peak_bytes"] == record["metrics"]["predicted_peak_bytes"]
+    assert shown["prediction_error"] == pytest.approx(record["metrics"]["prediction_error"])
     # full (~110 MiB) let through by a wrong prediction: out of its 32 MiB share first (requeue), then over the
     # budget with the larger share (infeasible, never requeued twice).
     real = pm.predict_peak_memory
