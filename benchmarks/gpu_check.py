@@ -147,7 +147,8 @@ def step_search(s: Sizes, work: Path) -> str:
     requeued = sum(int(r.raw.get("attempt", 1)) > 1 for r in records)
     lines = [
         f"- trials: {len(records)} ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}), {seconds:.0f} s",
-        f"- concurrency reached: {concurrency(records)} trials at once (at most {s.concurrent} allowed)",
+        f"- concurrency reached: {concurrency(records)} trials at once (at most {s.concurrent} allowed; the target on "
+        "one GPU is at least 4)",
         f"- out of memory while training: {ooms}; requeued after a share overrun: {requeued}",
         "",
         "| trial | family | status | GPU share | predicted | measured | error |",
