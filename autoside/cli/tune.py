@@ -22,6 +22,16 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial asks Ray for (default 1)")
     p.add_argument("--gpus-per-trial", help="'auto' (the fraction the predicted memory needs) or a number")
+    p.add_argument(
+        "--gpus-per-node",
+        type=float,
+        help="GPUs per GPU worker, for clusters whose GPU workers are not up yet (default: the autoscaler's node "
+        "types, else the nodes alive now)",
+    )
+    p.add_argument("--gpu-memory", help="memory of one GPU, e.g. 80GiB (default: asked from a GPU worker)")
+    p.add_argument(
+        "--cluster-config", help="autoscaler config to read node types from (default ~/ray_bootstrap_config.yaml)"
+    )
     p.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="Optuna sampler (default tpe)")
     p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping (default none)")
     p.add_argument("--objectives", help="accuracy,memory (default) or accuracy,memory,params")
@@ -53,6 +63,9 @@ def _search(args: argparse.Namespace) -> int:
         "memory_budget",
         "cpus_per_trial",
         "gpus_per_trial",
+        "gpus_per_node",
+        "gpu_memory",
+        "cluster_config",
         "sampler",
         "scheduler",
         "address",

@@ -5,9 +5,10 @@ Method (a *dry step*, not an analytic model): on a copy of the side network, run
 step's forward runs with the first step's gradients and the optimizer state alive, which is where training peaks)
 at two small batch sizes ``b1 < b2``, each under a fresh :class:`~autoside.memory.MemoryMeter`. Peak memory is
 affine in the batch size (parameters, gradients and optimizer state are constant; activations scale with it), so
-the prediction for the recipe's batch ``B`` is ``peak(b1) + (B - b1) * (peak(b2) - peak(b1)) / (b2 - b1)``, times a
-small safety factor. It is measured with the same meter as training, so on CPU it predicts the live-tensor peak and
-on CUDA the allocator peak. ``tests/test_search.py::test_memory_prediction_error`` checks its error.
+the prediction for the recipe's batch ``B`` is ``peak(b1) + (B - b1) * (peak(b2) - peak(b1)) / (b2 - b1)``, with no
+safety factor: the GPU packer adds its own stated margin (:mod:`autoside.tune.resources`). It is measured with the
+same meter as training, so on CPU it predicts the live-tensor peak and on CUDA the allocator peak.
+``tests/memory/test_predict.py`` checks its error for every registered family.
 
 Cost: four small steps, typically well under a second for the side networks autoside searches; a trial over the
 budget is refused in seconds instead of failing minutes later.
@@ -26,8 +27,6 @@ from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.train import training_step
-
-SAFETY = 1.05
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def predict_peak_memory(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     slope = max(0.0, (p2 - p1) / (b2 - b1))
-    predicted = int(SAFETY * (p1 + (recipe.batch_size - b1) * slope))
+    predicted = int(p1 + (recipe.batch_size - b1) * slope)
     return MemoryPrediction(predicted, "dry_step_linear_in_batch", (b1, b2), (p1, p2), time.perf_counter() - tic)
 
 

@@ -34,6 +34,9 @@ class SearchOptions:
     memory_budget: str | int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: str | float = "auto"
+    gpus_per_node: float | None = None
+    gpu_memory: str | int | None = None
+    cluster_config: str | None = None
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
     address: str | None = None
@@ -57,6 +60,9 @@ class SearchOptions:
             raise ConfigError(f"--gpus-per-trial: expected 'auto' or a number of GPUs, got {self.gpus_per_trial!r}")
         if not isinstance(self.gpus_per_trial, str) and self.gpus_per_trial < 0:
             raise ConfigError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_node is not None and self.gpus_per_node < 0:
+            raise ConfigError(f"--gpus-per-node: must be >= 0, got {self.gpus_per_node}")
+        parse_bytes(self.gpu_memory, field="--gpu-memory")
         if list(self.objectives[:2]) != ["accuracy", "memory"] or any(o not in OBJECTIVES for o in self.objectives):
             raise ConfigError(f"--objectives: expected accuracy,memory[,params], got {','.join(self.objectives)}")
         parse_bytes(self.memory_budget, field="--memory-budget")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -92,6 +91,7 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, device = trial_device(opts, recipe)  # a device the GPU request contradicts fails before anything
     root = Path(opts.root)
     root.mkdir(parents=True, exist_ok=True)
     if new:
@@ -136,7 +136,7 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
         name=meta["name"],
         search_dir=str(path.resolve()),
         space=meta["space"],
-        recipe=meta["recipe"],
+        recipe={**meta["recipe"], "device": device},
         budget_bytes=meta["budget_bytes"],
         tracking_uri=meta["tracking_uri"],
         experiment_id=meta["experiment_id"],
@@ -263,6 +263,7 @@ def run_tuner(state: DriverState) -> bool:
     state.searcher = searcher
     resources, extra = _resources(state)
     searcher.resources = extra
+    searcher.limit = state.remaining
     trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()), resources)
     progress.start()
     tuner = tune.Tuner(
@@ -270,7 +271,7 @@ def run_tuner(state: DriverState) -> bool:
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=state.remaining,
+            num_samples=2 * state.remaining,  # room for one requeue each; the searcher stops at state.remaining
             max_concurrent_trials=opts.max_concurrent,
             reuse_actors=True,
         ),
@@ -300,31 +301,40 @@ def _still_running(state: DriverState) -> bool:
     )
 
 
+def trial_device(opts: Any, recipe: Any) -> tuple[Any, str]:
+    """GPUs per node the cluster can have, and the device trials run on (see :mod:`autoside.tune.resources`)."""
+    from autoside.tune import resources as res
+
+    config = res.autoscaler_config(opts.address, opts.cluster_config)
+    inventory = res.cluster_gpus(gpus_per_node=opts.gpus_per_node, cluster_config=config)
+    if opts.gpus_per_trial == "auto":
+        gpus = 1.0 if inventory.gpus_per_node > 0 and recipe.device != "cpu" else 0.0
+    else:
+        gpus = float(opts.gpus_per_trial)
+    return inventory, res.check_device(recipe.device, gpus, inventory)
+
+
 def _resources(state: DriverState):  # noqa: ANN202
-    """Resources per trial: ``cpus_per_trial`` CPUs, and on GPUs the fraction the trial's predicted memory needs."""
-    import ray
+    """Resources per trial: ``cpus_per_trial`` CPUs, and on CUDA the GPU fraction (packed by predicted memory with
+    ``--gpus-per-trial auto``, else fixed); the packer adds ``gpu_fraction``/``share_bytes`` to each config."""
     from ray import tune
 
-    opts = state.opts
-    gpus = opts.gpus_per_trial
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    if gpus != "auto" or not has_gpu:
-        fixed = 0.0 if gpus == "auto" else float(gpus)
-        bundle = {"CPU": opts.cpus_per_trial, **({"GPU": fixed} if fixed else {})}
-        return tune.PlacementGroupFactory([bundle]), None
-    total = _gpu_total_memory()
-    predictor = DriverPredictor(state)
+    from autoside.tune import resources as res
+    from autoside.units import parse_bytes
 
-    def extra(config: dict[str, Any]) -> dict[str, Any]:
-        return {"predicted_bytes": predictor(config["params"])}
+    opts = state.opts
+    cuda = state.context.recipe["device"] != "cpu"
+    fixed = 0.0 if opts.gpus_per_trial == "auto" else float(opts.gpus_per_trial)
+    packer = None
+    if cuda and opts.gpus_per_trial == "auto":
+        memory = parse_bytes(opts.gpu_memory, field="--gpu-memory") or _gpu_total_memory()
+        predict = res.CachedPredictor(state.recipe, state.space)
+        packer = res.Packer(predict, gpu_memory_bytes=memory, budget_bytes=state.meta["budget_bytes"])
 
     def resources(config: dict[str, Any]):  # noqa: ANN202
-        need = config.get("predicted_bytes") or state.meta["budget_bytes"] or total
-        # Allocator overhead and the CUDA context are not in the CPU dry-step prediction: 25 % + 512 MiB margin.
-        frac = min(1.0, max(0.05, math.ceil(20 * (need * 1.25 + 512 * 1024**2) / total) / 20))
-        return tune.PlacementGroupFactory([{"CPU": opts.cpus_per_trial, "GPU": frac}])
+        return tune.PlacementGroupFactory([res.bundle(opts.cpus_per_trial, config, fixed)])
 
-    return resources, extra
+    return resources, packer
 
 
 def _gpu_total_memory() -> int:
@@ -337,24 +347,6 @@ def _gpu_total_memory() -> int:
         return int(torch.cuda.get_device_properties(0).total_memory)
 
     return ray.get(probe.remote())
-
-
-class DriverPredictor:
-    """Dry-step memory prediction on the driver (CPU), for GPU packing; backbone and data are loaded once."""
-
-    def __init__(self, state: DriverState) -> None:
-        self.state = state
-        self.task = None
-
-    def __call__(self, params: dict[str, Any]) -> int:
-        from autoside.data import load_task
-        from autoside.memory.predict import predict_peak_memory
-        from autoside.train import build_model
-
-        recipe = self.state.recipe
-        self.task = self.task or load_task(recipe.dataset)
-        model = build_model(recipe, self.task.num_classes, self.state.space.config_from_params(params))
-        return predict_peak_memory(model, self.task, recipe, device="cpu").predicted_bytes
 
 
 class Progress:

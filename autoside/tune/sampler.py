@@ -10,6 +10,8 @@ Ray's own integration falls short for autoside in four ways, each fixed here:
   memory constraint so far). Only the scheduler's own STOP decisions count as pruning.
 * **Infeasible is not failed.** A trial refused by the memory predictor or stopped by the budget is told as
   COMPLETE with its memory and a positive constraint (accuracy 0), not as a silent FAIL the sampler ignores.
+* **A wrong packing guess is not a result.** A trial that ran out of its GPU share under the budget reports
+  ``requeue``: it is not told, and is handed out again (same Optuna trial) with a larger share.
 * **Trial identity survives a restart.** Each suggestion carries the Optuna trial number (the trial's id, its folder
   and its MLflow run); on resume, trials that were running when the driver died are handed out again under the same
   number instead of being lost or duplicated.
@@ -26,6 +28,7 @@ from typing import Any
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from autoside.errors import ConfigError
@@ -103,6 +106,9 @@ class AutosideOptunaSearch(OptunaSearch):
         self.on_finish = on_finish
         self.on_told = on_told
         self.resources = resources
+        self.limit: int | None = None  # new configurations to hand out (requeued ones come on top)
+        self.requeued: list[tuple[optuna.trial.Trial, dict[str, Any]]] = []
+        self._handed_out = 0
         self._configs: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
 
@@ -117,6 +123,14 @@ class AutosideOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id in self._configs:
             return self._configs[trial_id]
+        if self.requeued:
+            ot_trial, config = self.requeued.pop(0)
+            self._ot_trials[trial_id] = ot_trial
+            self._configs[trial_id] = config
+            return config
+        if self.limit is not None and self._handed_out >= self.limit:
+            # Done unless a running trial may still be requeued (Tune's sample count leaves room for that).
+            return None if set(self._ot_trials) - self._completed_trials else Searcher.FINISHED
         if self.pending:
             frozen = self.pending.pop(0)
             ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
@@ -131,7 +145,14 @@ class AutosideOptunaSearch(OptunaSearch):
             config.update(self.resources(config))
         self._ot_trials[trial_id] = ot_trial
         self._configs[trial_id] = config
+        self._handed_out += 1
         return config
+
+    def _requeue(self, trial_id: str) -> None:
+        """Hand a trial that ran out of its share out again (same Optuna trial) with a larger one."""
+        config = {**self._configs[trial_id], "attempt": int(self._configs[trial_id].get("attempt", 1)) + 1}
+        config.update(self.resources(config) if self.resources is not None else {"share_bytes": None})
+        self.requeued.append((self._ot_trials[trial_id], config))
 
     def _ask_valid(self) -> tuple[optuna.trial.Trial, dict[str, Any]]:
         """Ask until the family accepts the sampled combination (a rejected one is told as FAIL with the reason)."""
@@ -158,6 +179,10 @@ class AutosideOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         last = dict(result or self._last.get(trial_id) or {})
         status = last.get(FINAL_KEY)
+        if status == "requeue":
+            self._requeue(trial_id)
+            self._completed_trials.add(trial_id)
+            return
         if status is None:
             if self.scheduler is not None and trial_id in self.scheduler.stopped:
                 status = "pruned"

@@ -123,13 +123,17 @@ def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:  # n
         retry(lambda chunk=items[i : i + 100]: mlflow_client.log_batch(run_id, params=chunk))
 
 
-def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:  # noqa: ANN001
+def log_metrics(  # noqa: ANN001
+    mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0, stamp: int | None = None
+) -> int:
+    """Log metrics at ``step`` (``stamp``: milliseconds, default now); returns the stamp used."""
     from mlflow.entities import Metric
 
-    stamp = int(time.time() * 1000)
+    stamp = stamp or int(time.time() * 1000)
     items = [Metric(k, float(v), stamp, step) for k, v in metrics.items() if isinstance(v, (int, float))]
     if items:
         retry(lambda: mlflow_client.log_batch(run_id, metrics=items))
+    return stamp
 
 
 def set_tags(mlflow_client, run_id: str, tags: dict[str, str]) -> None:  # noqa: ANN001
@@ -197,6 +201,7 @@ class TrialRun:
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.client = client(tracking_uri)
         self.run_id = run_id
+        self.last_step, self.last_stamp = 0, 0
 
     @classmethod
     def start(
@@ -222,7 +227,7 @@ class TrialRun:
         }
         run = retry(lambda: c.create_run(experiment_id, run_name=f"trial-{trial_id}", tags=tags))
         self = cls.__new__(cls)
-        self.client, self.run_id = c, run.info.run_id
+        self.client, self.run_id, self.last_step, self.last_stamp = c, run.info.run_id, 0, 0
         log_params(
             c,
             self.run_id,
@@ -231,7 +236,9 @@ class TrialRun:
         return self
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        epoch_metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        self.last_stamp = log_metrics(self.client, self.run_id, epoch_metrics, step=epoch)
+        self.last_step = epoch
 
     def finish(
         self,
@@ -243,7 +250,11 @@ class TrialRun:
     ) -> None:
         if metrics:
             final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            log_metrics(self.client, self.run_id, {f"final_{k}" if k == "epoch" else k: v for k, v in final.items()})
+            final = {f"final_{k}" if k == "epoch" else k: v for k, v in final.items()}
+            # At the last epoch's step and after it: MLflow's run table shows a metric's value at the highest step
+            # (latest time among equal steps), so it shows the final figures (on CUDA the allocator peak).
+            stamp = max(int(time.time() * 1000), self.last_stamp + 1)
+            log_metrics(self.client, self.run_id, final, step=self.last_step, stamp=stamp)
         if artifacts_dir is not None and Path(artifacts_dir).is_dir():
             retry(lambda: self.client.log_artifacts(self.run_id, str(artifacts_dir), "side_network"))
         set_tags(self.client, self.run_id, {"status": status, **(tags or {})})

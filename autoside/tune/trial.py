@@ -5,8 +5,10 @@
 2. Build the frozen backbone and the side network; predict the peak training memory with dry steps
    (:mod:`autoside.memory.predict`). Over the budget: refused in seconds, recorded as ``infeasible`` with the
    predicted memory.
-3. Train under the budget (CPU: the live-tensor tracker stops the trial when it crosses the budget; CUDA: a
-   per-process allocator cap). Per-epoch metrics go to Tune (for ASHA) and to the trial's nested MLflow run.
+3. Train capped at ``min(budget, share)`` (the share: the memory of the GPU fraction it was packed into; CPU: the
+   live-tensor tracker stops the trial at the cap; CUDA: a per-process allocator cap). Over the budget: infeasible;
+   out of its share under the budget: requeued once with a larger share (:mod:`autoside.tune.resources`).
+   Per-epoch metrics go to Tune (for ASHA) and to the trial's nested MLflow run.
 4. Export the side network to ``<search>/trials/<id>/side_network/`` (also the MLflow artifact ``side_network``),
    close the MLflow run with its status, write ``result.json`` atomically, and send the final result to Tune.
 
@@ -106,7 +108,14 @@ def run_search_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     ctx = TrialContext(**context)
     number, params = int(config["trial_number"]), dict(config["params"])
-    record = execute_trial(ctx, number, params, report=lambda metrics: tune.report(metrics))
+    record = execute_trial(
+        ctx,
+        number,
+        params,
+        report=lambda metrics: tune.report(metrics),
+        share_bytes=config.get("share_bytes"),
+        attempt=int(config.get("attempt", 1)),
+    )
     tune.report(
         final_report(
             record["status"],
@@ -118,8 +127,21 @@ def run_search_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     )
 
 
-def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, report=None) -> dict[str, Any]:  # noqa: ANN001, C901
-    """Steps 1-4 of the module docstring; returns the record written to ``result.json``."""
+def execute_trial(  # noqa: C901, PLR0915
+    ctx: TrialContext,
+    number: int,
+    params: dict[str, Any],
+    *,
+    report=None,  # noqa: ANN001
+    share_bytes: int | None = None,
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring; returns the record written to ``result.json``.
+
+    ``share_bytes`` is the memory of the GPU fraction the trial was packed into: it trains capped at
+    ``min(budget, share)``, and running out of its share under the budget returns status ``requeue`` (first
+    attempt only; nothing is recorded, the driver runs it again with a larger share).
+    """
     import torch
 
     from autoside.memory.meter import MemoryBudgetExceeded
@@ -127,6 +149,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     from autoside.recipe import recipe_from_dict
     from autoside.train import build_model, resolve_device, train_model
     from autoside.tune import tracking
+    from autoside.tune.resources import cuda_oom_bytes, overrun_status, per_trial_cap
     from autoside.tune.space import space_from_dict
 
     started = time.time()
@@ -138,6 +161,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     trial_dir.mkdir(parents=True)
     side_config = space_from_dict(ctx.space).config_from_params(params)
     recipe = replace(recipe_from_dict(ctx.recipe), memory_budget=ctx.budget_bytes)
+    cap = per_trial_cap(ctx.budget_bytes, share_bytes)
     config_dict = side_config.to_dict()
     # A run left by an earlier attempt of this trial (its worker or node died, Ray retried it) is replaced, so that
     # MLflow holds each trial once.
@@ -162,10 +186,11 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         if ctx.budget_bytes is not None:
             prediction = predict_peak_memory(model, task, recipe, device=device)
             extra["memory_prediction"] = prediction.to_dict()
+            metrics["predicted_peak_bytes"] = prediction.predicted_bytes
             tracking.log_metrics(
                 run.client,
                 run.run_id,
-                {"predicted_peak_memory_bytes": prediction.predicted_bytes, "prediction_seconds": prediction.seconds},
+                {"predicted_peak_bytes": prediction.predicted_bytes, "prediction_seconds": prediction.seconds},
             )
             if prediction.predicted_bytes > ctx.budget_bytes:
                 raise MemoryBudgetExceeded(prediction.predicted_bytes, ctx.budget_bytes, where="predicted training")
@@ -175,8 +200,10 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
             if report is not None and epoch < recipe.epochs:  # the last epoch arrives with the final result
                 report({**epoch_metrics, "trial_number": number, "mlflow_run_id": run.run_id})
 
-        result = train_model(model, task, recipe, device=device, report=on_epoch)
-        metrics = result.to_dict()
+        result = train_model(model, task, replace(recipe, memory_budget=cap), device=device, report=on_epoch)
+        metrics = {**metrics, **result.to_dict()}
+        if "predicted_peak_bytes" in metrics:
+            metrics["prediction_error"] = metrics["predicted_peak_bytes"] / max(1, result.peak_memory_bytes) - 1
         from autoside.export.save import save_pretrained
 
         export_dir = save_pretrained(
@@ -192,7 +219,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
             overwrite=True,
         )
     except MemoryBudgetExceeded as exc:
-        status = "infeasible"
+        status = overrun_status(exc.used_bytes, ctx.budget_bytes, attempt=attempt)
         metrics.update(
             {
                 "val_accuracy": 0.0,
@@ -202,16 +229,10 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         )
         extra["reason"] = str(exc)
     except torch.OutOfMemoryError as exc:
-        status = "infeasible"
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        metrics.update(
-            {
-                "val_accuracy": 0.0,
-                "peak_memory_bytes": max(int(peak), int(ctx.budget_bytes or 0) + 1),
-                "memory_source": "cuda_out_of_memory",
-            }
-        )
-        extra["reason"] = f"CUDA out of memory under the budget cap: {str(exc).splitlines()[0][:200]}"
+        used = cuda_oom_bytes(str(exc), int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0)
+        status = overrun_status(used, ctx.budget_bytes, attempt=attempt)
+        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": used, "memory_source": "cuda_out_of_memory"})
+        extra["reason"] = f"CUDA out of memory under a cap of {cap} bytes: {str(exc).splitlines()[0][:200]}"
     except Exception as exc:  # noqa: BLE001 - any other error fails this trial only; the search goes on
         status = "failed"
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
@@ -219,7 +240,11 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         tracking.retry(lambda: run.client.log_artifact(run.run_id, str(trial_dir / "error.txt")))
     extra["wall_time_s"] = time.time() - started
     extra["node_id"] = _ray_node_id()
-    extra["attempt"] = 1 + replaced
+    if status == "requeue":  # nothing recorded: the same trial number runs again with a larger share
+        tracking.retry(lambda: run.client.delete_run(run.run_id))
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        return {"status": status, "metrics": metrics, "mlflow_run_id": None, "share_bytes": share_bytes, **extra}
+    extra.update(attempt=attempt, share_bytes=share_bytes, restarts=replaced)
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},
