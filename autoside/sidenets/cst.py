@@ -116,7 +116,7 @@ class CSTConfig(SideConfig):
         require(
             spec.layout == "cnn",
             "family",
-            f"'cst' needs a staged CNN backbone (timm ResNet or EfficientNet); {spec.name!r} has layout {spec.layout!r}",
+            f"'cst' needs a staged CNN (timm ResNet or EfficientNet); {spec.name!r} has layout {spec.layout!r}",
         )
 
     def check_stages(self, depths: list[int], name: str) -> None:
