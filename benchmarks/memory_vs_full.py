@@ -8,6 +8,7 @@ to the backbone (e.g. DTL on a CNN) are listed with the reason and skipped.
 
     python benchmarks/memory_vs_full.py                       # vit_base_patch16_224, 224 px, batch 32
     python benchmarks/memory_vs_full.py --backbone vit12_fmnist --image-size 28 --batch-size 64 --markdown out.md
+    python benchmarks/memory_vs_full.py --backbone resnet50 --only linear cst "cst (head only)"   # CNN families
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import torch
 import torch.nn.functional as F
 
 # Rows besides the registered families at their defaults: DTL+ is DTL with a depthwise fusion kernel.
-EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [("dtl+ (k=3)", "dtl", {"kernel_size": 3})]
+# CST (default: calibrated features written back into the next stage) also runs with head-only calibration.
+EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("dtl+ (k=3)", "dtl", {"kernel_size": 3}),
+    ("cst (head only)", "cst", {"writes_back": False}),
+]
 
 
 @dataclass

@@ -65,7 +65,8 @@ class CSTConfig(SideConfig):
         lambda_feat: weight of the feature distillation loss.
         lambda_kd: weight of the logit distillation loss.
         temperature: temperature of the logit distillation.
-        distill_epochs: first epochs that train on the distillation losses only.
+        distill_epochs: first epochs that train on the distillation losses only (no effect when both lambdas are 0,
+            so that a search space can vary them independently).
         dropout: dropout before the classifier.
         widths: the pruned side network's convolution widths; filled in when the side network is built.
     """
@@ -98,11 +99,6 @@ class CSTConfig(SideConfig):
         require(self.lambda_kd >= 0, "lambda_kd", f"must be >= 0, got {self.lambda_kd}")
         require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
         require(self.distill_epochs >= 0, "distill_epochs", f"must be >= 0, got {self.distill_epochs}")
-        require(
-            self.distill_epochs == 0 or self.distils,
-            "distill_epochs",
-            f"must be 0 when lambda_feat and lambda_kd are both 0 (nothing to distil), got {self.distill_epochs}",
-        )
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
     @property

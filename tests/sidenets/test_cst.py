@@ -147,7 +147,7 @@ def test_efficientnet_lite0() -> None:
         ({"stage_prune_ratios": [0.5, 1.5, 0.0, 0.0]}, "cnn", r"stage_prune_ratios\[1\]"),
         ({"stage_prune_ratios": [0.5, 0.5]}, "cnn", "stage_prune_ratios"),
         ({"first_stage": 4}, "cnn", "first_stage"),
-        ({"distill_epochs": 2}, "cnn", "distill_epochs"),
+        ({"distill_epochs": -1}, "cnn", "distill_epochs"),
         ({"widths": {"stages.0.0.conv1": 3}}, "cnn", "widths"),
         ({}, "vit", "family"),
         ({}, "swin", "family"),
