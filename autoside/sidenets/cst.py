@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec
+from autoside.errors import ConfigError
 from autoside.layers.calibration import create_calibration_gate
 from autoside.layers.distill import feature_distillation, logit_distillation
 from autoside.layers.pruning import Stages, conv_widths, prune_stages, prune_to_widths
@@ -145,8 +146,7 @@ def staged_cnn(model: nn.Module, name: str) -> tuple[list[nn.Module], list[nn.Se
         return [model.conv1, model.bn1, model.act1, model.maxpool], stages, []
     if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
         return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
-    require(False, "family", f"'cst' supports timm ResNet and EfficientNet models; {name!r} is {type(model).__name__}")
-    raise AssertionError  # unreachable: require raised
+    raise ConfigError(f"sidenet.family: 'cst' needs a timm ResNet or EfficientNet; {name!r} is {type(model).__name__}")
 
 
 def _run(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
