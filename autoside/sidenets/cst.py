@@ -229,25 +229,30 @@ class CST(SideNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled()
+        distil = self.training and grad and self.config.distils
+        # During the distil-only warm-up the task path is not trained: no graph is kept for it.
+        task_grad = grad and not (distil and self._epoch < self.config.distill_epochs)
         with torch.no_grad():
             stem = _run(self._stem, x)
         b, s = stem, stem
         calibrated, side_features, plain = [], [], []
         for i, (stage, side_stage) in enumerate(zip(self._stages, self.side.stages)):
             # A frozen stage is on the gradient path only when its input carries the side network's calibration.
-            with torch.set_grad_enabled(grad and b.requires_grad):
+            with torch.set_grad_enabled(task_grad and b.requires_grad):
                 out = stage(b)
             s = side_stage(s)
             b = out
             if i >= self.first_stage:
                 side_features.append(self.proj[str(i)](s))
-                calibrated.append(self.gates[str(i)](out, side_features[-1]))
+                with torch.set_grad_enabled(task_grad):
+                    calibrated.append(self.gates[str(i)](out, side_features[-1]))
                 plain.append(out)
                 if self.writes_back:
                     b = calibrated[-1]
-        logits = self.head(self.drop(self._pool(calibrated)))
+        with torch.set_grad_enabled(task_grad):
+            logits = self.head(self.drop(self._pool(calibrated)))
         self._distil = None
-        if self.training and grad and self.config.distils:
+        if distil:
             if self.writes_back:  # later stage outputs saw the calibration; the teacher is the plain backbone
                 with torch.no_grad():
                     plain = self._backbone_stages(stem)[self.first_stage :]

@@ -254,3 +254,31 @@ def test_cst_search_end_to_end(tmp_path: Path) -> None:
     out, record = export_trial("cst", tmp_path / "export", knee=True, root=str(tmp_path / "runs"))
     loaded = autoside.load(out)
     assert loaded.config.widths and loaded.config.unresolved().to_dict() == record.config
+
+
+def test_memory_prediction_covers_distillation() -> None:
+    """The dry steps that predict a trial's memory take the same loss (distillation included) as training."""
+    from autoside.data import load_task
+    from autoside.memory.predict import predict_peak_memory
+    from autoside.recipe import recipe_from_dict
+    from autoside.train import build_model, train_model
+
+    recipe = recipe_from_dict(
+        {
+            "name": "cst_memory",
+            "dataset": {"name": "digits", "train_size": 64, "val_size": 16, "test_size": 16},
+            "backbone": {"name": "resnet4s_fmnist"},
+            "sidenet": {"name": "cst_resnet4s_fmnist", "options": {"lambda_kd": 1.0}},
+            "image_size": 28,
+            "epochs": 2,
+            "batch_size": 32,
+            "warmup_epochs": 0,
+            "device": "cpu",
+        }
+    )
+    task = load_task(recipe.dataset)
+    model = build_model(recipe, task.num_classes)
+    prediction = predict_peak_memory(model, task, recipe)
+    measured = train_model(model, task, recipe, device=torch.device("cpu")).peak_memory_bytes
+    error = prediction.predicted_bytes / measured - 1
+    assert 0.0 <= error <= 0.10, f"prediction {prediction.predicted_bytes} vs measured {measured}: {error:+.1%}"
