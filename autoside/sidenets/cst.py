@@ -8,8 +8,10 @@ residual layers of the later stages (which hold most of the parameters); it is e
 
 What autoside infers, and why (each open point is a knob, so a search can settle it):
 
-* The side network is a copy of the backbone's own stages (``init="copy"``; ``"random"`` for a from-scratch side),
-  fed by the frozen stem. A copy starts where the backbone is, so calibration begins from a useful feature.
+* The side network is a copy of the backbone's calibrated stages ``first_stage..last`` (``init="copy"``; ``"random"``
+  for a from-scratch side), fed by the frozen feature before them (the stem's, or stage ``first_stage - 1``'s output),
+  so nothing before the first calibrated stage is duplicated or kept for backward. A copy starts where the backbone
+  is, so calibration begins from a useful feature.
 * Made light three ways: structured channel pruning with torch-pruning (:mod:`autoside.layers.pruning`: ratio per
   stage, importance ``magnitude`` / ``taylor`` / ``bn_scale``, widths rounded to ``round_to``; the stem and the
   classifier are outside the copy and never pruned); block dropping (``drop_blocks`` residual blocks removed, the last
@@ -58,7 +60,8 @@ class CSTConfig(SideConfig):
         gate: ``mtc``, ``scalar`` (LST), ``channel`` or ``spatial``.
         writes_back: the calibrated feature feeds the next backbone stage (True) or only the head (False).
         prune_ratio: share of channels pruned in every stage, in [0, 1).
-        stage_prune_ratios: one ratio per stage instead (empty: ``prune_ratio`` everywhere).
+        stage_prune_ratios: one ratio per backbone stage instead (empty: ``prune_ratio`` everywhere; stages before
+            ``first_stage`` are not copied, so their ratios are unused).
         importance: channel importance for pruning: ``magnitude``, ``taylor`` or ``bn_scale``.
         round_to: pruned widths are multiples of this.
         drop_blocks: residual blocks removed from the side copy, later stages first (each stage keeps one).
@@ -69,7 +72,8 @@ class CSTConfig(SideConfig):
         distill_epochs: first epochs that train on the distillation losses only (no effect when both lambdas are 0,
             so that a search space can vary them independently).
         dropout: dropout before the classifier.
-        widths: the pruned side network's convolution widths; filled in when the side network is built.
+        widths: the pruned side network's convolution widths (side stage 0 is backbone stage ``first_stage``);
+            filled in when the side network is built.
     """
 
     family = "cst"
@@ -180,15 +184,15 @@ class CST(SideNet):
         depths = [len(stage) for stage in stages]
         config.check_stages(depths, spec.name)
         self.writes_back = config.writes_back
-        self.first_stage = config.first_stage
+        self.first_stage = first = config.first_stage
 
-        kept = config.blocks_kept(depths)
-        side = Stages([nn.Sequential(*list(copy.deepcopy(s))[:k]) for s, k in zip(stages, kept)])
+        kept = config.blocks_kept(depths[first:])
+        side = Stages([nn.Sequential(*list(copy.deepcopy(s))[:k]) for s, k in zip(stages[first:], kept)])
         noise = torch.randn(2, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            example = _run(stem, noise)
-            backbone_widths = [out.shape[1] for out in self._backbone_stages(example)]
-        ratios = config.stage_prune_ratios or (config.prune_ratio,) * len(stages)
+            example = self._side_input(noise)
+            backbone_widths = [out.shape[1] for out in self._calibrated_stages(example)]
+        ratios = (config.stage_prune_ratios or (config.prune_ratio,) * len(stages))[first:]
         if config.widths is None:
             prune_stages(side, example, ratios, importance=config.importance, round_to=config.round_to)
             self.config = config.replace(widths=conv_widths(side))
@@ -203,20 +207,23 @@ class CST(SideNet):
 
         self.proj = nn.ModuleDict()
         self.gates = nn.ModuleDict()
-        for i in range(self.first_stage, len(stages)):
-            sw, bw = side_widths[i], backbone_widths[i]
-            self.proj[str(i)] = nn.Identity() if sw == bw else nn.Conv2d(sw, bw, 1)
-            self.gates[str(i)] = create_calibration_gate(config.gate, bw)
-        head_width = spec.num_features if self.writes_back else sum(backbone_widths[self.first_stage :])
+        for k, (sw, bw) in enumerate(zip(side_widths, backbone_widths)):
+            self.proj[str(first + k)] = nn.Identity() if sw == bw else nn.Conv2d(sw, bw, 1)
+            self.gates[str(first + k)] = create_calibration_gate(config.gate, bw)
+        head_width = spec.num_features if self.writes_back else sum(backbone_widths)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(head_width, num_classes)
         self._epoch = 0
         self._distil: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
-    def _backbone_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The frozen stage outputs for a stem output (no calibration)."""
+    def _side_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen feature the first calibrated stage reads (the stem's, or the stage before's output)."""
+        return _run(self._stages[: self.first_stage], _run(self._stem, x))
+
+    def _calibrated_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The plain frozen outputs of the calibrated stages for their input ``x`` (no calibration)."""
         outputs = []
-        for stage in self._stages:
+        for stage in self._stages[self.first_stage :]:
             x = stage(x)
             outputs.append(x)
         return outputs
@@ -233,29 +240,26 @@ class CST(SideNet):
         # During the distil-only warm-up the task path is not trained: no graph is kept for it.
         task_grad = grad and not (distil and self._epoch < self.config.distill_epochs)
         with torch.no_grad():
-            stem = _run(self._stem, x)
-        b, s = stem, stem
+            start = self._side_input(x)
+        b, s = start, start
         calibrated, side_features, plain = [], [], []
-        for i, (stage, side_stage) in enumerate(zip(self._stages, self.side.stages)):
+        for k, (stage, side_stage) in enumerate(zip(self._stages[self.first_stage :], self.side.stages)):
             # A frozen stage is on the gradient path only when its input carries the side network's calibration.
             with torch.set_grad_enabled(task_grad and b.requires_grad):
                 out = stage(b)
             s = side_stage(s)
-            b = out
-            if i >= self.first_stage:
-                side_features.append(self.proj[str(i)](s))
-                with torch.set_grad_enabled(task_grad):
-                    calibrated.append(self.gates[str(i)](out, side_features[-1]))
-                plain.append(out)
-                if self.writes_back:
-                    b = calibrated[-1]
+            side_features.append(self.proj[str(self.first_stage + k)](s))
+            with torch.set_grad_enabled(task_grad):
+                calibrated.append(self.gates[str(self.first_stage + k)](out, side_features[-1]))
+            plain.append(out)
+            b = calibrated[-1] if self.writes_back else out
         with torch.set_grad_enabled(task_grad):
             logits = self.head(self.drop(self._pool(calibrated)))
         self._distil = None
         if distil:
             if self.writes_back:  # later stage outputs saw the calibration; the teacher is the plain backbone
                 with torch.no_grad():
-                    plain = self._backbone_stages(stem)[self.first_stage :]
+                    plain = self._calibrated_stages(start)
             self._distil = (side_features, plain)
         return logits
 

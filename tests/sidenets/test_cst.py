@@ -70,10 +70,9 @@ def test_forward_matches_a_plain_reimplementation(gate: str) -> None:
         for p in model.side_parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     x, _ = random_batch(model.backbone)
-    bb = model.backbone.model
     with torch.no_grad():
         frozen = model.backbone.intermediates(x, indices=[3, 4])
-        side = model.side(bb.maxpool(bb.act1(bb.bn1(bb.conv1(x)))))[2:]
+        side = model.side(model.backbone.intermediates(x, indices=[2])[0])  # side copies of stages 2 and 3
         pooled = []
         for i, (b, s) in enumerate(zip(frozen, side), start=2):
             s = model.proj[str(i)](s)
@@ -126,16 +125,8 @@ def test_distillation_loss_decreases_on_real_data() -> None:
 
 def test_efficientnet_lite0() -> None:
     backbone = create_backbone("tf_efficientnet_lite0", image_size=32)
-    model = create_sidenet("cst", backbone, num_classes=3, first_stage=5, prune_ratio=0.5, drop_blocks=2)
-    assert [len(s) for s in model.side.stages] == [
-        1,
-        2,
-        2,
-        3,
-        3,
-        2,
-        1,
-    ]  # 1-2-2-3-3-4-1: the last stage has one block left
+    model = create_sidenet("cst", backbone, num_classes=3, first_stage=5, prune_ratio=0.5, drop_blocks=3)
+    assert [len(s) for s in model.side.stages] == [1, 1]  # copies of stages 5 and 6 (4 and 1 blocks), 3 dropped
     run_contract(model)
 
 
