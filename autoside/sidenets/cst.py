@@ -43,10 +43,10 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec
-from autoside.errors import ConfigError
 from autoside.layers.calibration import create_calibration_gate
 from autoside.layers.distill import feature_distillation, logit_distillation
 from autoside.layers.pruning import Stages, conv_widths, prune_stages, prune_to_widths
+from autoside.layers.staged import reinitialise, run_modules, staged_cnn
 from autoside.sidenets import register_family, register_sidenet
 from autoside.sidenets.base import SideConfig, SideNet, require
 
@@ -143,32 +143,6 @@ class CSTConfig(SideConfig):
         return kept
 
 
-def staged_cnn(model: nn.Module, name: str) -> tuple[list[nn.Module], list[nn.Sequential], list[nn.Module]]:
-    """(stem, stages, tail) of a timm ResNet or EfficientNet: ``forward_features`` is stem, stages, tail in order."""
-    if all(hasattr(model, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1")):
-        stages = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
-        return [model.conv1, model.bn1, model.act1, model.maxpool], stages, []
-    if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
-        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
-    raise ConfigError(f"sidenet.family: 'cst' needs a timm ResNet or EfficientNet; {name!r} is {type(model).__name__}")
-
-
-def _run(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for module in modules:
-        x = module(x)
-    return x
-
-
-def _reinitialise(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
-
-
 @register_family
 class CST(SideNet):
     """A pruned, block-dropped copy of the backbone's stages whose features calibrate the frozen stage outputs."""
@@ -179,7 +153,13 @@ class CST(SideNet):
     def __init__(self, config: CSTConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         spec = backbone.spec
-        stem, stages, self._tail = staged_cnn(backbone.model, spec.name)
+        staged = staged_cnn(backbone.model)
+        require(
+            staged is not None,
+            "family",
+            f"'cst' needs a timm ResNet or EfficientNet; {spec.name!r} is {type(backbone.model).__name__}",
+        )
+        stem, stages, self._tail = staged
         self._stem, self._stages = stem, stages  # plain lists: the frozen modules stay out of the side state dict
         depths = [len(stage) for stage in stages]
         config.check_stages(depths, spec.name)
@@ -200,7 +180,7 @@ class CST(SideNet):
             problems = prune_to_widths(side, example, config.widths)
             require(not problems, "widths", f"do not fit {spec.name!r}: {'; '.join(problems[:3])}")
         if config.init == "random":
-            _reinitialise(side)
+            reinitialise(side)
         with torch.no_grad():  # in eval mode, the copy's BatchNorm statistics stay the backbone's
             side_widths = [out.shape[1] for out in side.eval()(example)]
         self.side = side.requires_grad_(True).train()
@@ -218,7 +198,7 @@ class CST(SideNet):
 
     def _side_input(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen feature the first calibrated stage reads (the stem's, or the stage before's output)."""
-        return _run(self._stages[: self.first_stage], _run(self._stem, x))
+        return run_modules(self._stages[: self.first_stage], run_modules(self._stem, x))
 
     def _calibrated_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The plain frozen outputs of the calibrated stages for their input ``x`` (no calibration)."""
@@ -231,7 +211,7 @@ class CST(SideNet):
     def _pool(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Head input: the backbone's own tail and pooling on the last feature, or every calibrated feature pooled."""
         if self.writes_back:
-            return self.backbone.model.forward_head(_run(self._tail, features[-1]), pre_logits=True)
+            return self.backbone.model.forward_head(run_modules(self._tail, features[-1]), pre_logits=True)
         return torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -273,3 +273,10 @@ def test_memory_prediction_covers_distillation() -> None:
     measured = train_model(model, task, recipe, device=torch.device("cpu")).peak_memory_bytes
     error = prediction.predicted_bytes / measured - 1
     assert 0.0 <= error <= 0.10, f"prediction {prediction.predicted_bytes} vs measured {measured}: {error:+.1%}"
+
+
+def test_unsupported_cnn_is_refused() -> None:
+    from autoside.testing import timm_backbone
+
+    with pytest.raises(ConfigError, match=r"^sidenet\.family: 'cst' needs a timm ResNet or EfficientNet"):
+        create_sidenet("cst", timm_backbone("convnext_atto", {}, 32), num_classes=3)
