@@ -18,7 +18,8 @@ What autoside infers, and why (each open point is a knob, so a search can settle
   blocks of the last stage first, then the stage before, each stage keeping its first block, which holds the
   downsampling); and distillation from the frozen backbone (a relative MSE between the side's projected stage outputs
   and the backbone's, ``lambda_feat``; KL at temperature ``T`` between the head's logits on the side's and on the
-  backbone's final features, ``lambda_kd``; ``distill_epochs`` first epochs distil only).
+  backbone's final features, ``lambda_kd``; the first ``distill_epochs`` epochs, as the trainer announces them
+  through ``begin_epoch``, distil only and keep no graph for the task path).
 * Calibration at stages ``first_stage..last``: a 1 x 1 projection brings the side feature to the backbone's width
   (identity where they agree; the same projection serves the feature distillation), then a gate
   ``b + g * (s - b)`` (:mod:`autoside.layers.calibration`). MTC is read as a per-channel gate driven by each branch's
@@ -193,7 +194,7 @@ class CST(SideNet):
         head_width = spec.num_features if self.writes_back else sum(backbone_widths)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(head_width, num_classes)
-        self._epoch = 0
+        self._epoch: int | None = None  # set by the trainer (begin_epoch); unset: no warm-up
         self._distil: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def _side_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +219,7 @@ class CST(SideNet):
         grad = torch.is_grad_enabled()
         distil = self.training and grad and self.config.distils
         # During the distil-only warm-up the task path is not trained: no graph is kept for it.
-        task_grad = grad and not (distil and self._epoch < self.config.distill_epochs)
+        task_grad = grad and not (distil and self._warming_up)
         with torch.no_grad():
             start = self._side_input(x)
         b, s = start, start
@@ -246,6 +247,10 @@ class CST(SideNet):
     def begin_epoch(self, epoch: int) -> None:
         self._epoch = epoch
 
+    @property
+    def _warming_up(self) -> bool:
+        return self._epoch is not None and self._epoch < self.config.distill_epochs
+
     def training_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
         """The task loss plus distillation (distillation alone during the first ``distill_epochs``)."""
         if self._distil is None:
@@ -253,7 +258,7 @@ class CST(SideNet):
         side_features, teacher_features = self._distil
         self._distil = None
         config = self.config
-        terms = [task_loss] if self._epoch >= config.distill_epochs else []
+        terms = [] if self._warming_up else [task_loss]
         if config.lambda_feat > 0:
             per_stage = [feature_distillation(s, t) for s, t in zip(side_features, teacher_features)]
             terms.append(config.lambda_feat * torch.stack(per_stage).mean())
