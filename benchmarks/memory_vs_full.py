@@ -69,7 +69,7 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
             tic = time.perf_counter()
             meter.step()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(images).float(), labels)
+                loss = model.training_loss(F.cross_entropy(model(images).float(), labels))  # + CST distillation
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

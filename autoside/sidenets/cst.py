@@ -289,10 +289,11 @@ def cst_resnet4s_fmnist() -> dict[str, object]:
 
 @register_sidenet("cst")
 def cst_resnet50() -> dict[str, object]:
-    """ResNet-50: stages 2-4 calibrated by MTC, 3/4 of the channels pruned, two blocks dropped from each of the last
-    two stages (3 -> 1 and 6 -> 4: the later stages hold most parameters), feature distillation."""
+    """ResNet-50: the last two stages calibrated by MTC and written back (so only stage 4 is on the gradient path),
+    3/4 of their channels pruned, two blocks dropped from each (3 -> 1 and 6 -> 4: the later stages hold most
+    parameters), feature distillation with one distil-only epoch."""
     return dict(
-        first_stage=1,
+        first_stage=2,
         gate="mtc",
         writes_back=True,
         prune_ratio=0.75,
