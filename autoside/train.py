@@ -100,7 +100,7 @@ def training_step(
     """One optimisation step (the same one the memory predictor's dry steps take); returns the loss."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        loss = model.training_loss(F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -139,6 +139,7 @@ def train_model(
     with meter:
         meter.register_model(model)
         for epoch in range(recipe.epochs):
+            model.begin_epoch(epoch)
             order = torch.randperm(len(task.train), generator=order_gen)
             epoch_loss, tic = 0.0, time.perf_counter()
             for i in range(steps_per_epoch):

@@ -8,6 +8,7 @@ to the backbone (e.g. DTL on a CNN) are listed with the reason and skipped.
 
     python benchmarks/memory_vs_full.py                       # vit_base_patch16_224, 224 px, batch 32
     python benchmarks/memory_vs_full.py --backbone vit12_fmnist --image-size 28 --batch-size 64 --markdown out.md
+    python benchmarks/memory_vs_full.py --backbone resnet50 --only linear cst "cst (head only)" cst_resnet50
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ import torch
 import torch.nn.functional as F
 
 # Rows besides the registered families at their defaults: DTL+ is DTL with a depthwise fusion kernel.
-EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [("dtl+ (k=3)", "dtl", {"kernel_size": 3})]
+# CST (default: every stage calibrated and written back) also runs head-only and as its ResNet-50 preset.
+EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("dtl+ (k=3)", "dtl", {"kernel_size": 3}),
+    ("cst (head only)", "cst", {"writes_back": False}),
+    ("cst_resnet50", "cst_resnet50", {}),
+]
 
 
 @dataclass
@@ -63,7 +69,7 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
             tic = time.perf_counter()
             meter.step()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(images).float(), labels)
+                loss = model.training_loss(F.cross_entropy(model(images).float(), labels))  # + CST distillation
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -87,11 +93,11 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
 
 
 def rows_to_plan() -> list[tuple[str, str, dict[str, Any]]]:
-    from autoside.sidenets import list_families
+    from autoside.sidenets import list_families, list_sidenets
 
-    families = list_families()
+    families, names = list_families(), list_sidenets()
     plan = [("full", "full", {})] + [(f, f, {}) for f in families if f != "full"]
-    return plan + [row for row in EXTRA_ROWS if row[1] in families]
+    return plan + [row for row in EXTRA_ROWS if row[1] in names]
 
 
 def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple[Any, str]:

@@ -110,15 +110,19 @@ def _trial_weights_dir(search: Any, record: Any, scratch: Path) -> Path:
 def rebuild_trial(search: Any, record: Any) -> tuple[SideNet, dict[str, Any]]:
     """The trial's trained side network on its backbone (eval mode), and its saved ``side_config.json``."""
     from autoside.export.format import read_side_config
-    from autoside.export.load import load_state_strict, read_weights
+    from autoside.export.load import config_from_info, load_state_strict, read_weights
     from autoside.train import build_model
 
     config = replay_config(search, record)
     with tempfile.TemporaryDirectory() as scratch:
         folder = _trial_weights_dir(search, record, Path(scratch))
         info = read_side_config(folder)
-        if info["config"] != config.to_dict():
+        # The saved config may hold what the family resolved when it was built (CST's pruned widths): it is the one
+        # to rebuild, once it is known to be the trial's.
+        saved = config_from_info(info)
+        if saved.unresolved() != config:
             raise ExportError(f"{folder}: the saved weights belong to another config than trial {record.trial_id}'s")
+        config = saved
         state = read_weights(folder, info)
     # The trial built its model from the recipe with its seed; so does this (the caller's random stream is kept).
     with torch.random.fork_rng(devices=[]):

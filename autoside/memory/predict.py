@@ -57,6 +57,7 @@ def _peak_of_steps(model: SideNet, task: Task, recipe: Recipe, batch: int, devic
         images, labels = images.repeat(reps, *[1] * (images.ndim - 1))[:batch], labels.repeat(reps)[:batch]
     meter = MemoryMeter(device)
     model.train()
+    model.begin_epoch(recipe.epochs - 1)  # the steady phase, after any warm-up (CST's distil-only epochs cost less)
     with meter:
         meter.register_model(model)
         for _ in range(2):

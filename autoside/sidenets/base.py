@@ -33,6 +33,11 @@ class SideConfig:
     def replace(self, **changes: Any) -> SideConfig:
         return dataclasses.replace(self, **changes)
 
+    def unresolved(self) -> SideConfig:
+        """The config without what the family resolved when it was built (CST's pruned widths): what a search
+        space's parameters replay to."""
+        return self
+
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Reject configs that cannot work on this backbone (rank > width, block index out of range, ...)."""
 
@@ -69,6 +74,13 @@ class SideNet(nn.Module):
         if self.backbone.frozen:
             state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
         return state
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-indexed), for families whose loss follows a schedule."""
+
+    def training_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
+        """The loss to minimise after a training forward; families add their own terms (CST: distillation)."""
+        return task_loss
 
     def num_trainable(self, *, include_head: bool = True) -> int:
         head = {id(p) for p in self.head.parameters()} if hasattr(self, "head") and not include_head else set()
