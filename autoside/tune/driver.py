@@ -377,10 +377,8 @@ class Progress:
         record = next((r for r in records if r.number == number), None)
         what = ""
         if record is not None and record.metrics:
-            what = (
-                f" {record.config.get('family', '?')}: acc {record.accuracy or 0:.3f}, "
-                f"mem {format_bytes(record.memory)}"
-            )
+            acc = "-" if record.accuracy is None else f"{record.accuracy:.3f}"
+            what = f" {record.config.get('family', '?')}: acc {acc}, mem {format_bytes(record.memory)}"
         best_text = f"{best:.3f}" if best is not None else "-"
         self.print(
             f"[{len(records):>3}/{self.state.opts.num_samples}] trial {trial_id_of(number)} {status}{what} | "

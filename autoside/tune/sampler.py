@@ -20,7 +20,6 @@ no-ops.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +31,6 @@ from autoside.errors import ConfigError
 from autoside.tune.pareto import OBJECTIVES
 from autoside.tune.space import SearchSpace
 from autoside.tune.trial import FINAL_KEY, trial_id_of
-
-logger = logging.getLogger(__name__)
 
 
 class RecordingASHA(ASHAScheduler):

@@ -190,9 +190,10 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         )
     except MemoryBudgetExceeded as exc:
         status = "infeasible"
+        # No accuracy: the trial never finished training. Its memory at the stop (or the prediction that refused
+        # it) is the figure that matters, logged to its MLflow run like a finished trial's peak.
         metrics.update(
             {
-                "val_accuracy": 0.0,
                 "peak_memory_bytes": exc.used_bytes,
                 "memory_source": "predicted" if "predicted" in str(exc) else "stopped_at_budget",
             }
@@ -203,7 +204,6 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         metrics.update(
             {
-                "val_accuracy": 0.0,
                 "peak_memory_bytes": max(int(peak), int(ctx.budget_bytes or 0) + 1),
                 "memory_source": "cuda_out_of_memory",
             }
@@ -214,10 +214,13 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         (trial_dir / "error.txt").write_text(traceback.format_exc())
     extra["wall_time_s"] = time.time() - started
+    tags = {"reason": extra["reason"][:5000]} if "reason" in extra else {}
+    if "memory_source" in metrics:
+        tags["memory_source"] = metrics["memory_source"]
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},
-        tags={"reason": extra["reason"][:5000]} if "reason" in extra else None,
+        tags=tags,
         artifacts_dir=export_dir,
     )
     record = result_record(

@@ -106,3 +106,26 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     records = [rec(0, 0.9, 500 * 2**20), rec(1, 0.5, 100 * 2**20), rec(2, 0.0, 900 * 2**20, "infeasible")]
     out = plot(records, pareto_front(records), tmp_path / "p.png", budget_bytes=800 * 2**20)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_infeasible_trials_are_drawn_at_their_memory_with_their_own_marker() -> None:
+    """An infeasible trial has no accuracy: it sits on the memory axis at the memory where it stopped, not at
+    accuracy 0 among the trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoside.tune.pareto import draw
+
+    bad = Rec("0002", "infeasible", {"peak_memory_bytes": 900 * 2**20})
+    records = [rec(0, 0.9, 500 * 2**20), rec(1, 0.5, 100 * 2**20), bad]
+    fig, ax = plt.subplots()
+    draw(ax, records, pareto_front(records), budget_bytes=800 * 2**20, title="t")
+    by_label = {c.get_label(): c for c in ax.collections}
+    infeasible = next(c for label, c in by_label.items() if label.startswith("infeasible"))
+    assert infeasible.get_offsets().tolist() == [[900.0, 0.0]]
+    assert infeasible.get_offset_transform() == ax.get_xaxis_transform()  # y in axes units: on the axis
+    front = by_label["Pareto front"]
+    assert not np.array_equal(infeasible.get_paths()[0].vertices, front.get_paths()[0].vertices)
+    plt.close(fig)

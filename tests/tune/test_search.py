@@ -166,6 +166,31 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     assert json.loads((tmp_path / "x" / "trials" / "0000" / "result.json").read_text())["status"] == "infeasible"
     run = tracking.client(uri).get_run(record["mlflow_run_id"])
     assert run.data.tags["status"] == "infeasible"
+    # Its memory at the stop is in its MLflow run; it has no accuracy (it never finished), in MLflow or its record.
+    assert run.data.metrics["peak_memory_bytes"] == record["metrics"]["peak_memory_bytes"]
+    assert run.data.tags["memory_source"] == "stopped_at_budget"
+    assert "val_accuracy" not in run.data.metrics and "val_accuracy" not in record["metrics"]
+
+
+def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, Progress
+    from autoside.tune.trial import result_record, write_json_atomic
+
+    record = result_record(
+        number=0,
+        params={"family": "full"},
+        config={"family": "full"},
+        status="infeasible",
+        metrics={"peak_memory_bytes": 3 * 2**20, "memory_source": "stopped_at_budget"},
+        mlflow_run_id=None,
+    )
+    write_json_atomic(tmp_path / "trials" / "0000" / "result.json", record)
+    meta = {"name": "p", "budget_bytes": 2**20}
+    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
+    Progress(state).told(0, "infeasible")
+    line = capsys.readouterr().out
+    assert "full: acc -, mem 3 MiB" in line and "best within budget -" in line
 
 
 # -- bad input: one line, non-zero exit, nothing written --------------------------------------------------------------
@@ -176,6 +201,27 @@ def test_budget_below_any_config_is_refused_before_start(tmp_path: Path, capsys:
     assert code == 2 and len(err.splitlines()) == 1
     assert "below what any configuration of space 'tiny' can fit" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_search_takes_recipe_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--set`` reaches the recipe before validation and the pre-flight (here: a batch of 4096 cannot fit 1 MiB)."""
+    space, recipe = _write(tmp_path)
+    root = ["--root", str(tmp_path / "runs")]
+    code = main(["search", str(space), str(recipe), "--set", "batch_size=4096", "--memory-budget", "1MiB", *root])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "one input batch of 4096" in err and len(err.splitlines()) == 1
+    assert main(["search", str(space), str(recipe), "--set", "epochs=0", *root]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("which", ["space", "recipe"])
+def test_binary_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, which: str) -> None:
+    paths = dict(zip(("space", "recipe"), _write(tmp_path)))
+    paths[which].write_bytes(bytes(range(128, 256)) * 4)
+    assert main(["search", str(paths["space"]), str(paths["recipe"]), "--root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(paths[which]) in err and "UTF-8" in err
 
 
 def test_resume_of_unknown_search(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
