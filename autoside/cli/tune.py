@@ -31,7 +31,12 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial asks Ray for (default 1)")
     p.add_argument("--gpus-per-trial", help="'auto' (the fraction the predicted memory needs) or a number")
     p.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="Optuna sampler (default tpe)")
-    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping (default none)")
+    p.add_argument(
+        "--scheduler",
+        choices=["none", "asha", "moasha"],
+        help="early stopping: moasha (by Pareto rank over accuracy and memory), asha (by accuracy alone) or none "
+        "(default none)",
+    )
     p.add_argument("--objectives", help="accuracy,memory (default) or accuracy,memory,params")
     p.add_argument("--address", help="Ray cluster: 'auto' for a running one (default: a local one on 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<root>/mlflow.db)")

@@ -35,7 +35,7 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: str | float = "auto"
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
-    scheduler: Literal["none", "asha"] = "none"
+    scheduler: Literal["none", "asha", "moasha"] = "none"
     address: str | None = None
     tracking_uri: str | None = None
     name: str | None = None

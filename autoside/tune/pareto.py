@@ -99,8 +99,16 @@ def feasible(records: Sequence[Any], budget_bytes: int | None) -> list[Any]:
 def pareto_front(
     records: Sequence[Any], objectives: Sequence[str] = ("accuracy", "memory"), budget_bytes: int | None = None
 ) -> list[Any]:
-    """The non-dominated feasible records, sorted by memory."""
-    pool = feasible(records, budget_bytes)
+    """The non-dominated feasible records, sorted by memory; a configuration recorded twice is listed once (its
+    first trial)."""
+    from autoside.tune.dedup import config_key
+
+    pool, keys_seen = [], set()
+    for r in sorted(feasible(records, budget_bytes), key=lambda r: r.trial_id):
+        key = config_key(r.config)
+        if key not in keys_seen:
+            keys_seen.add(key)
+            pool.append(r)
     keys, senses = objective_keys(objectives)
     points = [[float(r.metrics[k]) for k in keys] for r in pool]
     front = [pool[i] for i in non_dominated(points, senses)]

@@ -31,7 +31,8 @@ class Rec:
 
 
 def rec(i: int, acc: float, mem: int, status: str = "ok", params: int = 10) -> Rec:
-    return Rec(f"{i:04d}", status, {"val_accuracy": acc, "peak_memory_bytes": mem, "trainable_params": params})
+    metrics = {"val_accuracy": acc, "peak_memory_bytes": mem, "trainable_params": params}
+    return Rec(f"{i:04d}", status, metrics, {"family": "linear", "dropout": i / 100})
 
 
 def test_non_dominated_matches_brute_force() -> None:
@@ -129,3 +130,11 @@ def test_infeasible_trials_are_drawn_at_their_memory_with_their_own_marker() -> 
     front = by_label["Pareto front"]
     assert not np.array_equal(infeasible.get_paths()[0].vertices, front.get_paths()[0].vertices)
     plt.close(fig)
+
+
+def test_front_lists_a_configuration_once() -> None:
+    """Two records of one configuration (``0.30000000000000004`` is ``0.3``): the front keeps the first."""
+    a = Rec("0001", "ok", {"val_accuracy": 0.9, "peak_memory_bytes": 100}, {"family": "linear", "dropout": 0.3})
+    b = Rec("0004", "ok", {"val_accuracy": 0.9, "peak_memory_bytes": 100}, {"family": "linear", "dropout": 0.1 * 3})
+    c = Rec("0005", "ok", {"val_accuracy": 0.95, "peak_memory_bytes": 200}, {"family": "full"})
+    assert [r.trial_id for r in pareto_front([b, c, a])] == ["0001", "0005"]

@@ -62,9 +62,12 @@ def _mlflow_trials(result) -> list:  # noqa: ANN001
 
 # -- the searcher's telling rules (real Optuna, no cluster) ----------------------------------------------------------
 def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -> None:
-    from autoside.tune.sampler import AutosideOptunaSearch, RecordingASHA
+    from autoside.tune.sampler import AutosideOptunaSearch
+    from autoside.tune.schedulers import RecordingASHA
 
-    space = space_from_dict(SPACE)
+    # A continuous knob: no proposal repeats another, so the trial numbers are 0..4.
+    dropout = {"type": "float", "low": 0.0, "high": 0.5}
+    space = space_from_dict({"name": "c", "families": {"linear": {"dropout": dropout}}})
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
     scheduler = RecordingASHA(metric="val_accuracy", mode="max", max_t=3)
     recorded = []
@@ -341,7 +344,9 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
 
     # MLflow: one parent, each trial once, status and pareto tags, per-epoch metrics, the side network artifact.
     parent, children, client = _mlflow_trials(result)
-    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == list(range(6))
+    # Trial numbers are Optuna's: a proposal that repeated a configuration took a number but was not trained.
+    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [r.number for r in result.trials]
+    assert len({json.dumps(r.config, sort_keys=True) for r in result.trials}) == 6  # no configuration twice
     by_id = {r.info.run_id: r for r in children}
     front = {r.trial_id for r in result.pareto}
     for record in result.trials:
@@ -364,7 +369,15 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
 
     # Optuna: the constraint is set before the tell; infeasible trials are COMPLETE with a positive constraint.
     study = optuna.load_study(study_name="main", storage=result.optuna_storage)
+    repeats = [t for t in study.get_trials() if "duplicate_of" in t.user_attrs]
+    assert parent.data.metrics["proposals_repeated"] == len(repeats)
+    for t in repeats:  # told the outcome of the trial they repeat, tagged on that trial's run
+        original = result.trial(t.user_attrs["duplicate_of"])
+        assert t.values == [original.accuracy or 0.0, original.memory]
+        assert int(by_id[original.mlflow_run_id].data.tags["autoside.proposed_again"]) >= 1
     for t in study.get_trials():
+        if "duplicate_of" in t.user_attrs:
+            continue
         record = result.trial(t.number)
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert (t.constraints["memory"] > 0) == (record.status == "infeasible")
@@ -401,6 +414,8 @@ def test_asha_prunes_are_recorded_as_pruned(tmp_path: Path, ray_cluster: None) -
     )
     study = optuna.load_study(study_name="asha", storage=result.optuna_storage)
     for t in study.get_trials():
+        if "duplicate_of" in t.user_attrs:  # a repeated proposal, told the outcome of the trial it repeats
+            continue
         record = result.trial(t.number)
         if record.status == "pruned":
             assert t.state == optuna.trial.TrialState.PRUNED and t.values is None
