@@ -194,7 +194,7 @@ def test_failed_export_leaves_nothing(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(safetensors.torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(linear_export[1], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

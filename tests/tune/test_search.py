@@ -276,17 +276,20 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     result = open_search("k", root=root)
     assert result.status == "finished"
-    assert sorted(r.number for r in result.trials) == list(range(len(result.trials)))
+    study = optuna.load_study(study_name="k", storage=result.optuna_storage)
+    repeats = {t.number for t in study.get_trials() if "duplicate_of" in t.user_attrs}
+    # Every Optuna number is a trial run once or a repeated proposal that was not trained.
+    assert sorted([r.number for r in result.trials] + sorted(repeats)) == list(range(len(study.get_trials())))
     assert len(result.trials) == n
+    assert len({json.dumps(r.config, sort_keys=True) for r in result.trials}) == n  # the resume repeated nothing
     for trial_id, text in before.items():  # finished trials did not run again
         assert (trials / trial_id / "result.json").read_text() == text
     _, children, _ = _mlflow_trials(result)
     numbers = sorted(int(r.data.tags["autoside.trial_number"]) for r in children)
     assert numbers == sorted(r.number for r in result.trials)  # each trial once in MLflow
     assert {r.info.run_id for r in children} == {r.mlflow_run_id for r in result.trials}
-    study = optuna.load_study(study_name="k", storage=result.optuna_storage)
     finished = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.RUNNING]
-    assert len(finished) == n and not [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(finished) == n + len(repeats) and not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 
 
 # -- in-process searches on a shared small local cluster -------------------------------------------------------------
