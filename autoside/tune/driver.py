@@ -265,6 +265,8 @@ def run_tuner(state: DriverState) -> bool:
         tuner.fit()
     except KeyboardInterrupt:
         return True
+    if searcher.finished_early:
+        progress.print(f"no untried configuration of space {state.space.name!r} is left: the search ends early")
     return bool(getattr(tuner, "_interrupted", False)) or _still_running(state)
 
 

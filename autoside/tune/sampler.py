@@ -95,6 +95,7 @@ class AutosideOptunaSearch(OptunaSearch):
         self.on_finish = on_finish
         self.on_told = on_told
         self.on_duplicate = on_duplicate
+        self.finished_early = False  # no untried configuration was left to propose
         self.ledger = Ledger(self._ot_study, space, seed=len(self._ot_study.get_trials(deepcopy=False)))
         self.resources = resources
         self._configs: dict[str, dict[str, Any]] = {}
@@ -126,6 +127,7 @@ class AutosideOptunaSearch(OptunaSearch):
         else:
             asked = self._ask_new()
             if asked is None:
+                self.finished_early = True
                 return Searcher.FINISHED
             ot_trial, params = asked
         config = {"trial_number": ot_trial.number, "params": params}

@@ -55,6 +55,7 @@ def test_every_configuration_runs_once_and_a_tried_space_ends_the_search(tmp_pat
     keys = [_key(SPACE, c["params"]) for c in configs]
     assert len(configs) == 7 and len(set(keys)) == 7  # 6 dropouts + full (knob-less: one configuration)
     assert sum(c["params"]["family"] == "full" for c in configs) == 1
+    assert searcher.finished_early
     assert repeats, "the random sampler repeats itself on 7 configurations; those repeats were not handed out"
     trials = {t.number: t for t in searcher.study.get_trials()}
     ran = {c["trial_number"] for c in configs}

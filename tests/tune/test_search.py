@@ -428,3 +428,19 @@ def test_asha_prunes_are_recorded_as_pruned(tmp_path: Path, ray_cluster: None) -
     assert all(r.status in ("ok", "pruned") for r in result.trials)
     assert "pruned" in {r.status for r in result.trials}  # seeded: ASHA stops trial 0002 after its first epoch
     assert "pruned" not in {r.status for r in result.pareto}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_knob_less_family_is_trained_once(tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture) -> None:
+    import autoside
+
+    result = autoside.search(
+        {"name": "probe", "families": {"linear": {}}},
+        RECIPE,
+        num_samples=4,
+        root=str(tmp_path / "runs"),
+        name="once",
+    )
+    assert len(result.trials) == 1 and result.status == "finished"
+    assert "no untried configuration of space 'probe' is left" in capsys.readouterr().out
