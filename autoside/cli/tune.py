@@ -14,6 +14,14 @@ from autoside.tune.results import DEFAULT_ROOT
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", nargs="?", help="search space YAML (see search_spaces/)")
     p.add_argument("recipe", nargs="?", help="trial recipe YAML (see trials/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key for this search, e.g. --set epochs=3 (as in autoside train)",
+    )
     p.add_argument("--num-samples", type=int, help="trials to run in total (default 8)")
     p.add_argument("--max-concurrent", type=int, help="trials running at the same time (default 2)")
     p.add_argument(
@@ -33,7 +41,12 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "--cluster-config", help="autoscaler config to read node types from (default ~/ray_bootstrap_config.yaml)"
     )
     p.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="Optuna sampler (default tpe)")
-    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping (default none)")
+    p.add_argument(
+        "--scheduler",
+        choices=["none", "asha", "moasha"],
+        help="early stopping: moasha (by Pareto rank over accuracy and memory), asha (by accuracy alone) or none "
+        "(default none)",
+    )
     p.add_argument("--objectives", help="accuracy,memory (default) or accuracy,memory,params")
     p.add_argument("--address", help="Ray cluster: 'auto' for a running one (default: a local one on 127.0.0.1)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<root>/mlflow.db)")
@@ -48,6 +61,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 @command("search", "search side networks under a memory budget (Ray Tune + Optuna, tracked in MLflow)")(_search_args)
 def _search(args: argparse.Namespace) -> int:
     from autoside.errors import ConfigError
+    from autoside.recipe import load_recipe
     from autoside.tune.api import result_json, search
 
     if args.resume and (args.space or args.recipe):
@@ -57,6 +71,8 @@ def _search(args: argparse.Namespace) -> int:
             "give a SPACE and a RECIPE, e.g. autoside search search_spaces/demo.yaml trials/demo.yaml "
             "(or --resume NAME)"
         )
+    if args.resume and args.overrides:
+        raise ConfigError("--set changes the recipe of a new search; a resumed search keeps its own recipe")
     keys = (
         "num_samples",
         "max_concurrent",
@@ -79,7 +95,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.objectives:
         options["objectives"] = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     options["progress"] = not (args.quiet or args.json)
-    result = search(args.space, args.recipe, **options)
+    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else None
+    result = search(args.space, recipe, **options)
     if args.json:
         print(json.dumps(result_json(result), indent=2))
     else:

@@ -123,7 +123,7 @@ def save_pretrained(
             the top level and used by ``predict``.
         overwrite: replace an existing ``out_dir``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -142,7 +142,9 @@ def save_pretrained(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata=meta)
+        # Bytes written by Python (not safetensors' own file writer, which creates 0600 files): the user's umask
+        # applies, so a shared export is readable by the team like every other file.
+        (tmp / WEIGHTS_NAME).write_bytes(save(state, metadata=meta))
         info["weights_sha256"] = sha256_file(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(info, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(info))

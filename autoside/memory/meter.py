@@ -193,11 +193,6 @@ class MemoryMeter:
         )
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for our budget error and for CUDA's allocator refusing (both mean 'infeasible', not 'broken')."""
-    return isinstance(exc, (MemoryBudgetExceeded, torch.OutOfMemoryError))
-
-
 def _cpu_name() -> str:
     import platform
 

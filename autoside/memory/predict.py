@@ -90,13 +90,3 @@ def predict_peak_memory(
     slope = max(0.0, (p2 - p1) / (b2 - b1))
     predicted = int(p1 + (recipe.batch_size - b1) * slope)
     return MemoryPrediction(predicted, "dry_step_linear_in_batch", (b1, b2), (p1, p2), time.perf_counter() - tic)
-
-
-def static_lower_bound(model: SideNet, task: Task, recipe: Recipe) -> int:
-    """Bytes every configuration on this backbone needs at least: the backbone's parameters and buffers, the
-    classifier head, and one preprocessed input batch. A budget below this cannot fit any side network."""
-    backbone = model.backbone
-    state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
-    size = backbone.spec.image_size
-    batch = recipe.batch_size * 3 * size * size * 4
-    return int(state + batch)

@@ -38,7 +38,7 @@ class SearchOptions:
     gpu_memory: str | int | None = None
     cluster_config: str | None = None
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
-    scheduler: Literal["none", "asha"] = "none"
+    scheduler: Literal["none", "asha", "moasha"] = "none"
     address: str | None = None
     tracking_uri: str | None = None
     name: str | None = None

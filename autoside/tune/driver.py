@@ -172,7 +172,11 @@ def _reconcile(state: DriverState) -> None:
 
     study = optuna.load_study(study_name=state.study_name, storage=state.storage)
     searcher = _searcher(state, pending=[])
-    running = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    running = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == optuna.trial.TrialState.RUNNING and "duplicate_of" not in t.user_attrs  # the ledger's
+    ]
     rerun = []
     for frozen in running:
         result_file = state.path / "trials" / trial_id_of(frozen.number) / RESULT_FILE
@@ -196,7 +200,7 @@ def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, 
     from autoside.tune.sampler import AutosideOptunaSearch, make_sampler
 
     opts = state.opts
-    sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples)
+    sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples, told=_told(state))
 
     def on_finish(number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
         _record_unfinished(state, number, status, last, params)
@@ -212,7 +216,19 @@ def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, 
         scheduler=scheduler,
         on_finish=on_finish,
         on_told=progress.told if progress else None,
+        on_duplicate=progress.duplicate if progress else None,
     )
+
+
+def _told(state: DriverState) -> int:
+    """Trials the study already holds (0 for a new search): a resumed search's sampler is seeded with it, so it does
+    not start over from the proposals it made the first time."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=state.study_name, storage=state.storage).get_trials(deepcopy=False))
+    except KeyError:  # no study yet
+        return 0
 
 
 def _record_unfinished(
@@ -242,23 +258,14 @@ def run_tuner(state: DriverState) -> bool:
     """Run the remaining trials; returns True when interrupted (Ctrl-C)."""
     from ray import tune
 
-    from autoside.tune.sampler import RecordingASHA
+    from autoside.tune.schedulers import make_scheduler
     from autoside.tune.trial import run_search_trial
 
     opts = state.opts
     progress = Progress(state)
     if state.remaining == 0 and not state.pending:
         return False
-    scheduler = None
-    if opts.scheduler == "asha":
-        scheduler = RecordingASHA(
-            time_attr="training_iteration",
-            metric="val_accuracy",
-            mode="max",
-            max_t=state.recipe.epochs,
-            grace_period=1,
-            reduction_factor=2,
-        )
+    scheduler = make_scheduler(opts.scheduler, epochs=state.recipe.epochs, objectives=tuple(opts.objectives))
     searcher = _searcher(state, pending=state.pending, scheduler=scheduler, progress=progress)
     state.searcher = searcher
     resources, extra = _resources(state)
@@ -289,6 +296,8 @@ def run_tuner(state: DriverState) -> bool:
         tuner.fit()
     except KeyboardInterrupt:
         return True
+    if searcher.finished_early:
+        progress.print(f"no untried configuration of space {state.space.name!r} is left: the search ends early")
     return bool(getattr(tuner, "_interrupted", False)) or _still_running(state)
 
 
@@ -387,6 +396,13 @@ class Progress:
 
         return _Callback()
 
+    def duplicate(self, number: int, original: int, params: dict[str, Any]) -> None:
+        choices = ", ".join(f"{k.split('/', 1)[-1]}={v}" for k, v in params.items() if k != "family")
+        self.print(
+            f"      proposal {number} repeats trial {trial_id_of(original)} ({params.get('family')}"
+            f"{': ' + choices if choices else ''}): not trained again, its result told to the sampler"
+        )
+
     def told(self, number: int, status: str) -> None:
         from autoside.tune.pareto import feasible, pareto_front
 
@@ -399,10 +415,8 @@ class Progress:
         record = next((r for r in records if r.number == number), None)
         what = ""
         if record is not None and record.metrics:
-            what = (
-                f" {record.config.get('family', '?')}: acc {record.accuracy or 0:.3f}, "
-                f"mem {format_bytes(record.memory)}"
-            )
+            acc = "-" if record.accuracy is None else f"{record.accuracy:.3f}"
+            what = f" {record.config.get('family', '?')}: acc {acc}, mem {format_bytes(record.memory)}"
         best_text = f"{best:.3f}" if best is not None else "-"
         self.print(
             f"[{len(records):>3}/{self.state.opts.num_samples}] trial {trial_id_of(number)} {status}{what} | "
@@ -410,6 +424,18 @@ class Progress:
             f"pruned {counts['pruned']} failed {counts['failed']} | best within budget {best_text} | "
             f"front {len(front)}"
         )
+
+
+def _repeats(state: DriverState) -> dict[int, int]:
+    """Trial number -> how many later proposals repeated its configuration (not trained; see autoside.tune.dedup)."""
+    import optuna
+
+    out: dict[int, int] = {}
+    study = optuna.load_study(study_name=state.study_name, storage=state.storage)
+    for t in study.get_trials(deepcopy=False):
+        if "duplicate_of" in t.user_attrs:
+            out[int(t.user_attrs["duplicate_of"])] = out.get(int(t.user_attrs["duplicate_of"]), 0) + 1
+    return out
 
 
 def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> SearchResult:
@@ -424,9 +450,13 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
     c = tracking.client(meta["tracking_uri"])
     parent = meta["parent_run_id"]
     front_ids = {r.trial_id for r in front}
+    repeats = _repeats(state)
     for r in records:
         if r.mlflow_run_id:
-            tracking.set_tags(c, r.mlflow_run_id, {"pareto": str(r.trial_id in front_ids).lower()})
+            tags = {"pareto": str(r.trial_id in front_ids).lower()}
+            if repeats.get(r.number):
+                tags["autoside.proposed_again"] = str(repeats[r.number])
+            tracking.set_tags(c, r.mlflow_run_id, tags)
     with open(path / "pareto.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
@@ -481,6 +511,7 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
             "front_size": len(front),
             "trials": len(records),
             **{f"trials_{k}": v for k, v in counts.items()},
+            "proposals_repeated": sum(repeats.values()),
         },
     )
     meta["status"] = "interrupted" if interrupted else "finished"

@@ -99,8 +99,16 @@ def feasible(records: Sequence[Any], budget_bytes: int | None) -> list[Any]:
 def pareto_front(
     records: Sequence[Any], objectives: Sequence[str] = ("accuracy", "memory"), budget_bytes: int | None = None
 ) -> list[Any]:
-    """The non-dominated feasible records, sorted by memory."""
-    pool = feasible(records, budget_bytes)
+    """The non-dominated feasible records, sorted by memory; a configuration recorded twice is listed once (its
+    first trial)."""
+    from autoside.tune.dedup import config_key
+
+    pool, keys_seen = [], set()
+    for r in sorted(feasible(records, budget_bytes), key=lambda r: r.trial_id):
+        key = config_key(r.config)
+        if key not in keys_seen:
+            keys_seen.add(key)
+            pool.append(r)
     keys, senses = objective_keys(objectives)
     points = [[float(r.metrics[k]) for k in keys] for r in pool]
     front = [pool[i] for i in non_dominated(points, senses)]
@@ -194,8 +202,18 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mib = 1024**2
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    draw(ax, records, front, budget_bytes=budget_bytes, title=title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw(ax: Any, records: Sequence[Any], front: Sequence[Any], *, budget_bytes: int | None, title: str) -> None:
+    """The plot of :func:`plot` on a matplotlib ``Axes``."""
+    mib = 1024**2
     ok = [r for r in records if r.status == "ok" and r.metrics]
     bad = [r for r in records if r.status == "infeasible" and r.metrics]
     front_ids = {r.trial_id for r in front}
@@ -209,12 +227,17 @@ def plot(
             label="trials",
         )
     if bad:
+        # No accuracy (never finished): drawn at their memory (measured at the stop, or predicted) on the x axis.
         ax.scatter(
             [r.metrics["peak_memory_bytes"] / mib for r in bad],
-            [r.metrics.get("val_accuracy", 0.0) for r in bad],
-            marker="x",
+            [0.0] * len(bad),
+            transform=ax.get_xaxis_transform(),
+            marker="v",
             c="tab:red",
-            label="infeasible",
+            s=40,
+            clip_on=False,
+            zorder=4,
+            label="infeasible (memory at the stop)",
         )
     if front:
         xs = [r.metrics["peak_memory_bytes"] / mib for r in front]
@@ -235,9 +258,4 @@ def plot(
     ax.set_ylabel("validation accuracy")
     ax.set_title(title or "accuracy vs memory")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=8, loc="best")

@@ -1,17 +1,20 @@
 """Ray Tune's ``OptunaSearch``, extended to tell Optuna the truth about each trial.
 
-Ray's own integration falls short for autoside in four ways, each fixed here:
+Ray's own integration falls short for autoside in five ways, each fixed here:
 
 * **The memory budget is an Optuna constraint.** Before a result is told, the trial gets
   ``trial.set_constraint("memory", peak - budget)`` (Optuna 5's API; feasible when <= 0), so every sampler
   (TPE, NSGA-II, GP) learns where the wall is. Ray passes no constraints at all.
-* **Early-stopped trials are PRUNED.** A trial the scheduler (ASHA) stopped reaches ``on_trial_complete`` with its
-  last *epoch* result; Ray would tell it as COMPLETE with a low-fidelity score. Here it is told as PRUNED (with its
-  memory constraint so far). Only the scheduler's own STOP decisions count as pruning.
+* **Early-stopped trials are PRUNED.** A trial the scheduler (MOASHA, ASHA) stopped reaches ``on_trial_complete``
+  with its last *epoch* result; Ray would tell it as COMPLETE with a low-fidelity score. Here it is told as PRUNED
+  (with its memory constraint so far). Only the scheduler's own STOP decisions count as pruning.
 * **Infeasible is not failed.** A trial refused by the memory predictor or stopped by the budget is told as
   COMPLETE with its memory and a positive constraint (accuracy 0), not as a silent FAIL the sampler ignores.
 * **A wrong packing guess is not a result.** A trial that ran out of its GPU share under the budget reports
   ``requeue``: it is not told, and is handed out again (same Optuna trial) with a larger share.
+* **Each configuration is trained once.** A proposal that repeats a configuration already tried is told the
+  earlier outcome and the sampler is asked again (:mod:`autoside.tune.dedup`); a finite space fully tried ends the
+  search early.
 * **Trial identity survives a restart.** Each suggestion carries the Optuna trial number (the trial's id, its folder
   and its MLflow run); on resume, trials that were running when the driver died are handed out again under the same
   number instead of being lost or duplicated.
@@ -22,36 +25,19 @@ no-ops.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from autoside.errors import ConfigError
+from autoside.tune.dedup import REASKS, Ledger
 from autoside.tune.pareto import OBJECTIVES
 from autoside.tune.space import SearchSpace
 from autoside.tune.trial import FINAL_KEY, trial_id_of
-
-logger = logging.getLogger(__name__)
-
-
-class RecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped (so they can be told as PRUNED, and nothing else is)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stopped: set[str] = set()
-
-    def on_trial_result(self, tune_controller, trial, result):  # noqa: ANN001, ANN201 - Ray's signature
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and FINAL_KEY not in result:
-            self.stopped.add(trial.trial_id)
-        return decision
-
 
 Finisher = Callable[[int, str, dict[str, Any], dict[str, Any]], None]
 
@@ -67,10 +53,12 @@ class AutosideOptunaSearch(OptunaSearch):
         study_name: the study in that storage.
         budget_bytes: the hard memory budget (``None``: unconstrained).
         pending: frozen RUNNING trials of a previous driver, handed out again first.
-        scheduler: the :class:`RecordingASHA` in use, if any.
+        scheduler: the early-stopping scheduler in use, if any; it lists the trials it stopped in ``stopped``
+            (:mod:`autoside.tune.schedulers`).
         on_finish: ``(number, status, last_result, params)`` called for trials the worker could not record itself
             (pruned, crashed) before they are told; the driver writes their ``result.json`` there.
         on_told: ``(number, status)`` after each tell (progress display).
+        on_duplicate: ``(number, original, params)`` for a proposal not trained because trial ``original`` ran it.
         resources: optional ``config -> extra config`` (e.g. a memory prediction for GPU packing).
     """
 
@@ -84,14 +72,17 @@ class AutosideOptunaSearch(OptunaSearch):
         study_name: str,
         budget_bytes: int | None,
         pending: list[optuna.trial.FrozenTrial] | None = None,
-        scheduler: RecordingASHA | None = None,
+        scheduler: TrialScheduler | None = None,
         on_finish: Finisher | None = None,
         on_told: Callable[[int, str], None] | None = None,
+        on_duplicate: Callable[[int, int, dict[str, Any]], None] | None = None,
         resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         metrics = [OBJECTIVES[o][0] for o in objectives]
         modes = [OBJECTIVES[o][1] for o in objectives]
         self.autoside_space = space
+        # Samplers that model only the parameters all trials share see a flat space (SearchSpace.suggest).
+        self.flat = isinstance(sampler, (optuna.samplers.GPSampler, optuna.samplers.NSGAIISampler))
         super().__init__(
             space=self._define_by_run,
             metric=metrics,
@@ -105,6 +96,9 @@ class AutosideOptunaSearch(OptunaSearch):
         self.scheduler = scheduler
         self.on_finish = on_finish
         self.on_told = on_told
+        self.on_duplicate = on_duplicate
+        self.finished_early = False  # no untried configuration was left to propose
+        self.ledger = Ledger(self._ot_study, space, seed=len(self._ot_study.get_trials(deepcopy=False)))
         self.resources = resources
         self.limit: int | None = None  # new configurations to hand out (requeued ones come on top)
         self.requeued: list[tuple[optuna.trial.Trial, dict[str, Any]]] = []
@@ -117,10 +111,15 @@ class AutosideOptunaSearch(OptunaSearch):
         return self._ot_study
 
     def _define_by_run(self, trial: Any) -> None:
-        self.autoside_space.suggest(trial)
+        self.autoside_space.suggest(trial, flat=self.flat)
+
+    def _walk(self, ot_trial: optuna.trial.Trial) -> dict[str, Any]:
+        """Sample (or complete) a trial's parameters; returns those that make its configuration."""
+        self.autoside_space.suggest(ot_trial, flat=self.flat)
+        return self.autoside_space.active(ot_trial.params)
 
     # -- asking ------------------------------------------------------------------------------------------------------
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id in self._configs:
             return self._configs[trial_id]
         if self.requeued:
@@ -136,10 +135,14 @@ class AutosideOptunaSearch(OptunaSearch):
             ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
             # A driver killed while the trial was being sampled leaves only some of its parameters stored: walking
             # the space again returns the stored values and samples the missing ones.
-            self.autoside_space.suggest(ot_trial)
-            params = dict(ot_trial.params)
+            params = self._walk(ot_trial)
+            self.ledger.add(ot_trial.number, params)
         else:
-            ot_trial, params = self._ask_valid()
+            asked = self._ask_new()
+            if asked is None:
+                self.finished_early = True
+                return Searcher.FINISHED
+            ot_trial, params = asked
         config = {"trial_number": ot_trial.number, "params": params}
         if self.resources is not None:
             config.update(self.resources(config))
@@ -154,18 +157,36 @@ class AutosideOptunaSearch(OptunaSearch):
         config.update(self.resources(config) if self.resources is not None else {"share_bytes": None})
         self.requeued.append((self._ot_trials[trial_id], config))
 
+    def _ask_new(self) -> tuple[optuna.trial.Trial, dict[str, Any]] | None:
+        """A valid configuration not tried yet (see :mod:`autoside.tune.dedup`); ``None`` when none is left."""
+        for attempt in range(REASKS + 1):
+            if self.ledger.exhausted():
+                return None
+            if attempt == REASKS:  # the sampler keeps proposing tried configurations: take an untried one
+                params = self.ledger.fresh()
+                if params is None:
+                    return None
+                self._ot_study.enqueue_trial(params)
+            ot_trial, params = self._ask_valid()
+            original = self.ledger.check(ot_trial, params)
+            if original is None:
+                return ot_trial, params
+            if self.on_duplicate is not None:
+                self.on_duplicate(ot_trial.number, original, params)
+        return None
+
     def _ask_valid(self) -> tuple[optuna.trial.Trial, dict[str, Any]]:
         """Ask until the family accepts the sampled combination (a rejected one is told as FAIL with the reason)."""
         for _ in range(100):
             ot_trial = self._ot_study.ask()
             try:
-                self.autoside_space.suggest(ot_trial)
+                params = self._walk(ot_trial)
             except ConfigError as exc:
                 ot_trial.set_user_attr("autoside_status", "invalid")
                 ot_trial.set_user_attr("reason", str(exc)[:500])
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 continue
-            return ot_trial, dict(ot_trial.params)
+            return ot_trial, params
         raise ConfigError("the search space produced 100 invalid configurations in a row; narrow its ranges")
 
     # -- telling -----------------------------------------------------------------------------------------------------
@@ -215,6 +236,7 @@ class AutosideOptunaSearch(OptunaSearch):
             study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(ot_trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        self.ledger.resolve(ot_trial.number)
         if self.on_told is not None:
             self.on_told(ot_trial.number, status)
 
@@ -227,8 +249,16 @@ class AutosideOptunaSearch(OptunaSearch):
         return None
 
 
-def make_sampler(name: str, *, seed: int | None, num_samples: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler behind ``--sampler``; start-up trials scale with the search so small searches still learn."""
+def make_sampler(name: str, *, seed: int | None, num_samples: int, told: int = 0) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler behind ``--sampler``; start-up trials scale with the search so small searches still learn.
+
+    ``told`` is the number of trials the study already holds: a resumed search derives its seed from it, so its
+    sampler does not replay the random stream (and the proposals) of the first run.
+    """
+    if seed is not None and told:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([seed, told]).generate_state(1)[0])
     startup = max(4, min(10, num_samples // 3))
     if name == "tpe":
         return optuna.samplers.TPESampler(

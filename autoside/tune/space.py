@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ class Param:
         if self.type == "int":
             return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))
+
+    def count(self) -> int | None:
+        """How many values the knob can take (``None``: a continuous float)."""
+        if self.type == "categorical":
+            return len(self.choices)
+        if self.type == "float" and self.step is None:
+            return None
+        return int((self.high - self.low) / (self.step or 1) + 1e-9) + 1
 
     def corners(self) -> list[Any]:
         """Values that validation builds a config with: both ends of a range, every choice."""
@@ -92,14 +101,28 @@ class SearchSpace:
     def family_names(self) -> list[str]:
         return [f.family for f in self.families]
 
-    def suggest(self, trial: Any) -> SideConfig:
-        """Walk the space define-by-run on an Optuna ``Trial`` (or ``FixedTrial``) and build the side config."""
+    def suggest(self, trial: Any, *, flat: bool = False) -> SideConfig:
+        """Walk the space define-by-run on an Optuna ``Trial`` (or ``FixedTrial``) and build the side config.
+
+        ``flat``: suggest every family's knobs on every trial and ignore those of the families not chosen. GP and
+        NSGA-II model only the parameters that all trials share; on a conditional space that is ``family`` alone and
+        every knob would be sampled at random. Flat, every knob is shared, so they model all of them.
+        """
         name = trial.suggest_categorical("family", self.family_names)
-        fam = next(f for f in self.families if f.family == name)
-        kwargs = dict(fam.fixed)
-        for param in fam.params:
-            kwargs[param.name] = param.suggest(trial, name)
+        kwargs: dict[str, Any] = {}
+        for fam in self.families:
+            if fam.family == name or flat:
+                values = {param.name: param.suggest(trial, fam.family) for param in fam.params}
+                if fam.family == name:
+                    kwargs = {**fam.fixed, **values}
         return get_family(name).config_class.from_dict(kwargs)
+
+    @staticmethod
+    def active(params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters that make the configuration: ``family`` and the chosen family's knobs (a flat walk also
+        holds the other families' unused knobs)."""
+        family = params.get("family")
+        return {k: v for k, v in params.items() if k == "family" or k.startswith(f"{family}/")}
 
     def config_from_params(self, params: dict[str, Any]) -> SideConfig:
         """Replay a trial's parameters through :meth:`suggest` (export uses this to rebuild a trial's config)."""
@@ -126,6 +149,17 @@ class SearchSpace:
         if problems:
             joined = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
             raise ConfigError(f"search space {self.name!r} on backbone {spec.name!r}: {joined}")
+
+    def size(self) -> int | None:
+        """Distinct configurations in the space (``None``: infinite, some float is continuous); a knob-less family
+        such as ``full`` is one configuration."""
+        total = 0
+        for fam in self.families:
+            counts = [p.count() for p in fam.params]
+            if None in counts:
+                return None
+            total += math.prod(counts)
+        return total
 
     def size_hint(self) -> str:
         return ", ".join(f"{f.family} ({len(f.params)} knobs)" for f in self.families)

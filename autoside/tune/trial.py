@@ -220,9 +220,10 @@ def execute_trial(  # noqa: C901, PLR0915
         )
     except MemoryBudgetExceeded as exc:
         status = overrun_status(exc.used_bytes, ctx.budget_bytes, attempt=attempt)
+        # No accuracy: the trial never finished training. Its memory at the stop (or the prediction that refused
+        # it) is the figure that matters, logged to its MLflow run like a finished trial's peak.
         metrics.update(
             {
-                "val_accuracy": 0.0,
                 "peak_memory_bytes": exc.used_bytes,
                 "memory_source": "predicted" if "predicted" in str(exc) else "stopped_at_budget",
             }
@@ -231,7 +232,7 @@ def execute_trial(  # noqa: C901, PLR0915
     except torch.OutOfMemoryError as exc:
         used = cuda_oom_bytes(str(exc), int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0)
         status = overrun_status(used, ctx.budget_bytes, attempt=attempt)
-        metrics.update({"val_accuracy": 0.0, "peak_memory_bytes": used, "memory_source": "cuda_out_of_memory"})
+        metrics.update({"peak_memory_bytes": used, "memory_source": "cuda_out_of_memory"})
         extra["reason"] = f"CUDA out of memory under a cap of {cap} bytes: {str(exc).splitlines()[0][:200]}"
     except Exception as exc:  # noqa: BLE001 - any other error fails this trial only; the search goes on
         status = "failed"
@@ -245,10 +246,13 @@ def execute_trial(  # noqa: C901, PLR0915
         shutil.rmtree(trial_dir, ignore_errors=True)
         return {"status": status, "metrics": metrics, "mlflow_run_id": None, "share_bytes": share_bytes, **extra}
     extra.update(attempt=attempt, share_bytes=share_bytes, restarts=replaced)
+    tags = {"reason": extra["reason"][:5000]} if "reason" in extra else {}
+    if "memory_source" in metrics:
+        tags["memory_source"] = metrics["memory_source"]
     run.finish(
         status,
         {k: v for k, v in metrics.items() if k != "history"},
-        tags={"reason": extra["reason"][:5000]} if "reason" in extra else None,
+        tags=tags,
         artifacts_dir=export_dir,
     )
     record = result_record(

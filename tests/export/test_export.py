@@ -194,7 +194,7 @@ def test_failed_export_leaves_nothing(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(safetensors.torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(linear_export[1], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -358,3 +358,17 @@ def test_trained_trial_in_fresh_process(tiny_recipe_dict: dict, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("OK")
     assert f"{result.test_accuracy}" in proc.stdout
+
+
+def test_export_files_follow_the_umask(tmp_path: Path) -> None:
+    """A shared export is readable by the team: files get 0666 minus the umask (0644 under the usual 022)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = save_pretrained(create_sidenet("linear", _backbone(), NUM_CLASSES), tmp_path / "shared")
+    finally:
+        os.umask(old)
+    for file in out.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file.name

@@ -31,7 +31,8 @@ class Rec:
 
 
 def rec(i: int, acc: float, mem: int, status: str = "ok", params: int = 10) -> Rec:
-    return Rec(f"{i:04d}", status, {"val_accuracy": acc, "peak_memory_bytes": mem, "trainable_params": params})
+    metrics = {"val_accuracy": acc, "peak_memory_bytes": mem, "trainable_params": params}
+    return Rec(f"{i:04d}", status, metrics, {"family": "linear", "dropout": i / 100})
 
 
 def test_non_dominated_matches_brute_force() -> None:
@@ -106,3 +107,34 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     records = [rec(0, 0.9, 500 * 2**20), rec(1, 0.5, 100 * 2**20), rec(2, 0.0, 900 * 2**20, "infeasible")]
     out = plot(records, pareto_front(records), tmp_path / "p.png", budget_bytes=800 * 2**20)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_infeasible_trials_are_drawn_at_their_memory_with_their_own_marker() -> None:
+    """An infeasible trial has no accuracy: it sits on the memory axis at the memory where it stopped, not at
+    accuracy 0 among the trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoside.tune.pareto import draw
+
+    bad = Rec("0002", "infeasible", {"peak_memory_bytes": 900 * 2**20})
+    records = [rec(0, 0.9, 500 * 2**20), rec(1, 0.5, 100 * 2**20), bad]
+    fig, ax = plt.subplots()
+    draw(ax, records, pareto_front(records), budget_bytes=800 * 2**20, title="t")
+    by_label = {c.get_label(): c for c in ax.collections}
+    infeasible = next(c for label, c in by_label.items() if label.startswith("infeasible"))
+    assert infeasible.get_offsets().tolist() == [[900.0, 0.0]]
+    assert infeasible.get_offset_transform() == ax.get_xaxis_transform()  # y in axes units: on the axis
+    front = by_label["Pareto front"]
+    assert not np.array_equal(infeasible.get_paths()[0].vertices, front.get_paths()[0].vertices)
+    plt.close(fig)
+
+
+def test_front_lists_a_configuration_once() -> None:
+    """Two records of one configuration (``0.30000000000000004`` is ``0.3``): the front keeps the first."""
+    a = Rec("0001", "ok", {"val_accuracy": 0.9, "peak_memory_bytes": 100}, {"family": "linear", "dropout": 0.3})
+    b = Rec("0004", "ok", {"val_accuracy": 0.9, "peak_memory_bytes": 100}, {"family": "linear", "dropout": 0.1 * 3})
+    c = Rec("0005", "ok", {"val_accuracy": 0.95, "peak_memory_bytes": 200}, {"family": "full"})
+    assert [r.trial_id for r in pareto_front([b, c, a])] == ["0001", "0005"]

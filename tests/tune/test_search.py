@@ -61,9 +61,12 @@ def _mlflow_trials(result) -> list:  # noqa: ANN001
 
 # -- the searcher's telling rules (real Optuna, no cluster) ----------------------------------------------------------
 def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -> None:
-    from autoside.tune.sampler import AutosideOptunaSearch, RecordingASHA
+    from autoside.tune.sampler import AutosideOptunaSearch
+    from autoside.tune.schedulers import RecordingASHA
 
-    space = space_from_dict(SPACE)
+    # A continuous knob: no proposal repeats another, so the trial numbers are 0..4.
+    dropout = {"type": "float", "low": 0.0, "high": 0.5}
+    space = space_from_dict({"name": "c", "families": {"linear": {"dropout": dropout}}})
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
     scheduler = RecordingASHA(metric="val_accuracy", mode="max", max_t=3)
     recorded = []
@@ -140,6 +143,31 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     assert json.loads((tmp_path / "x" / "trials" / "0000" / "result.json").read_text())["status"] == "infeasible"
     run = tracking.client(uri).get_run(record["mlflow_run_id"])
     assert run.data.tags["status"] == "infeasible"
+    # Its memory at the stop is in its MLflow run; it has no accuracy (it never finished), in MLflow or its record.
+    assert run.data.metrics["peak_memory_bytes"] == record["metrics"]["peak_memory_bytes"]
+    assert run.data.tags["memory_source"] == "stopped_at_budget"
+    assert "val_accuracy" not in run.data.metrics and "val_accuracy" not in record["metrics"]
+
+
+def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, Progress
+    from autoside.tune.trial import result_record, write_json_atomic
+
+    record = result_record(
+        number=0,
+        params={"family": "full"},
+        config={"family": "full"},
+        status="infeasible",
+        metrics={"peak_memory_bytes": 3 * 2**20, "memory_source": "stopped_at_budget"},
+        mlflow_run_id=None,
+    )
+    write_json_atomic(tmp_path / "trials" / "0000" / "result.json", record)
+    meta = {"name": "p", "budget_bytes": 2**20}
+    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
+    Progress(state).told(0, "infeasible")
+    line = capsys.readouterr().out
+    assert "full: acc -, mem 3 MiB" in line and "best within budget -" in line
 
 
 def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
@@ -177,6 +205,27 @@ def test_budget_below_any_config_is_refused_before_start(tmp_path: Path, capsys:
     assert code == 2 and len(err.splitlines()) == 1
     assert "below what any configuration of space 'tiny' can fit" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_search_takes_recipe_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--set`` reaches the recipe before validation and the pre-flight (here: a batch of 4096 cannot fit 1 MiB)."""
+    space, recipe = _write(tmp_path)
+    root = ["--root", str(tmp_path / "runs")]
+    code = main(["search", str(space), str(recipe), "--set", "batch_size=4096", "--memory-budget", "1MiB", *root])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "one input batch of 4096" in err and len(err.splitlines()) == 1
+    assert main(["search", str(space), str(recipe), "--set", "epochs=0", *root]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("which", ["space", "recipe"])
+def test_binary_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, which: str) -> None:
+    paths = dict(zip(("space", "recipe"), _write(tmp_path)))
+    paths[which].write_bytes(bytes(range(128, 256)) * 4)
+    assert main(["search", str(paths["space"]), str(paths["recipe"]), "--root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(paths[which]) in err and "UTF-8" in err
 
 
 def test_resume_of_unknown_search(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -245,17 +294,20 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     result = open_search("k", root=root)
     assert result.status == "finished"
-    assert sorted(r.number for r in result.trials) == list(range(len(result.trials)))
+    study = optuna.load_study(study_name="k", storage=result.optuna_storage)
+    repeats = {t.number for t in study.get_trials() if "duplicate_of" in t.user_attrs}
+    # Every Optuna number is a trial run once or a repeated proposal that was not trained.
+    assert sorted([r.number for r in result.trials] + sorted(repeats)) == list(range(len(study.get_trials())))
     assert len(result.trials) == n
+    assert len({json.dumps(r.config, sort_keys=True) for r in result.trials}) == n  # the resume repeated nothing
     for trial_id, text in before.items():  # finished trials did not run again
         assert (trials / trial_id / "result.json").read_text() == text
     _, children, _ = _mlflow_trials(result)
     numbers = sorted(int(r.data.tags["autoside.trial_number"]) for r in children)
     assert numbers == sorted(r.number for r in result.trials)  # each trial once in MLflow
     assert {r.info.run_id for r in children} == {r.mlflow_run_id for r in result.trials}
-    study = optuna.load_study(study_name="k", storage=result.optuna_storage)
     finished = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.RUNNING]
-    assert len(finished) == n and not [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(finished) == n + len(repeats) and not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 
 
 # -- in-process searches on a shared small local cluster -------------------------------------------------------------
@@ -313,7 +365,9 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
 
     # MLflow: one parent, each trial once, status and pareto tags, per-epoch metrics, the side network artifact.
     parent, children, client = _mlflow_trials(result)
-    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == list(range(6))
+    # Trial numbers are Optuna's: a proposal that repeated a configuration took a number but was not trained.
+    assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [r.number for r in result.trials]
+    assert len({json.dumps(r.config, sort_keys=True) for r in result.trials}) == 6  # no configuration twice
     by_id = {r.info.run_id: r for r in children}
     front = {r.trial_id for r in result.pareto}
     for record in result.trials:
@@ -336,7 +390,15 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
 
     # Optuna: the constraint is set before the tell; infeasible trials are COMPLETE with a positive constraint.
     study = optuna.load_study(study_name="main", storage=result.optuna_storage)
+    repeats = [t for t in study.get_trials() if "duplicate_of" in t.user_attrs]
+    assert parent.data.metrics["proposals_repeated"] == len(repeats)
+    for t in repeats:  # told the outcome of the trial they repeat, tagged on that trial's run
+        original = result.trial(t.user_attrs["duplicate_of"])
+        assert t.values == [original.accuracy or 0.0, original.memory]
+        assert int(by_id[original.mlflow_run_id].data.tags["autoside.proposed_again"]) >= 1
     for t in study.get_trials():
+        if "duplicate_of" in t.user_attrs:
+            continue
         record = result.trial(t.number)
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert (t.constraints["memory"] > 0) == (record.status == "infeasible")
@@ -373,6 +435,8 @@ def test_asha_prunes_are_recorded_as_pruned(tmp_path: Path, ray_cluster: None) -
     )
     study = optuna.load_study(study_name="asha", storage=result.optuna_storage)
     for t in study.get_trials():
+        if "duplicate_of" in t.user_attrs:  # a repeated proposal, told the outcome of the trial it repeats
+            continue
         record = result.trial(t.number)
         if record.status == "pruned":
             assert t.state == optuna.trial.TrialState.PRUNED and t.values is None
@@ -382,3 +446,19 @@ def test_asha_prunes_are_recorded_as_pruned(tmp_path: Path, ray_cluster: None) -
     assert all(r.status in ("ok", "pruned") for r in result.trials)
     assert "pruned" in {r.status for r in result.trials}  # seeded: ASHA stops trial 0002 after its first epoch
     assert "pruned" not in {r.status for r in result.pareto}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_knob_less_family_is_trained_once(tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture) -> None:
+    import autoside
+
+    result = autoside.search(
+        {"name": "probe", "families": {"linear": {}}},
+        RECIPE,
+        num_samples=4,
+        root=str(tmp_path / "runs"),
+        name="once",
+    )
+    assert len(result.trials) == 1 and result.status == "finished"
+    assert "no untried configuration of space 'probe' is left" in capsys.readouterr().out

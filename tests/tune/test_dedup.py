@@ -1,0 +1,119 @@
+"""Each configuration is trained once per search (real Optuna study in SQLite, the searcher without a cluster):
+repeats are told the earlier outcome and not handed to Ray, a knob-less family runs once, a fully tried space
+ends the search, and a resumed search neither repeats nor re-proposes what it ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from ray.tune.search import Searcher
+
+from autoside.tune.dedup import config_key
+from autoside.tune.sampler import AutosideOptunaSearch
+from autoside.tune.space import space_from_dict
+
+SPACE = {
+    "name": "tiny",
+    "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}, "full": {}},
+}
+
+
+def _searcher(tmp_path: Path, space: dict = SPACE, sampler=None, **kwargs):  # noqa: ANN001, ANN202
+    return AutosideOptunaSearch(
+        space_from_dict(space),
+        objectives=("accuracy", "memory"),
+        sampler=sampler or optuna.samplers.RandomSampler(seed=0),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"),
+        study_name="s",
+        budget_bytes=None,
+        **kwargs,
+    )
+
+
+def _result(params: dict) -> dict:
+    """A deterministic outcome per configuration."""
+    dropout = params.get("linear/dropout", 0.0)
+    return {"autoside_status": "ok", "val_accuracy": 0.5 + dropout, "peak_memory_bytes": 1000 + int(100 * dropout)}
+
+
+def _key(space: dict, params: dict) -> str:
+    return config_key(space_from_dict(space).config_from_params(params).to_dict())
+
+
+def test_every_configuration_runs_once_and_a_tried_space_ends_the_search(tmp_path: Path) -> None:
+    repeats = []
+    searcher = _searcher(tmp_path, on_duplicate=lambda n, original, params: repeats.append((n, original)))
+    configs = []
+    for i in range(12):
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        configs.append(config)
+        searcher.on_trial_complete(f"t{i}", _result(config["params"]))
+    keys = [_key(SPACE, c["params"]) for c in configs]
+    assert len(configs) == 7 and len(set(keys)) == 7  # 6 dropouts + full (knob-less: one configuration)
+    assert sum(c["params"]["family"] == "full" for c in configs) == 1
+    assert searcher.finished_early
+    assert repeats, "the random sampler repeats itself on 7 configurations; those repeats were not handed out"
+    trials = {t.number: t for t in searcher.study.get_trials()}
+    ran = {c["trial_number"] for c in configs}
+    for number, original in repeats:
+        t = trials[number]
+        assert number not in ran and t.user_attrs["duplicate_of"] == original
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.values == trials[original].values
+        assert _key(SPACE, t.params) == _key(SPACE, trials[original].params)
+
+
+def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path: Path) -> None:
+    space = {"name": "two", "families": {"full": {}, "linear": {}}}
+    searcher = _searcher(tmp_path, space)
+    first = searcher.suggest("t0")
+    second = searcher.suggest("t1")
+    assert _key(space, first["params"]) != _key(space, second["params"])
+    assert searcher.suggest("t2") == Searcher.FINISHED  # both configurations are out (running)
+    parked = [t for t in searcher.study.get_trials() if "duplicate_of" in t.user_attrs]
+    searcher.on_trial_complete("t0", _result(first["params"]))
+    searcher.on_trial_complete("t1", {**_result(second["params"]), "val_accuracy": 0.1})
+    by_number = {t.number: t for t in searcher.study.get_trials()}
+    for t in parked:
+        assert by_number[t.number].values == by_number[t.user_attrs["duplicate_of"]].values
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in by_number.values())
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_resume_does_not_re_propose(tmp_path: Path, sampler: str) -> None:
+    """A resumed driver (same seed) is seeded from the trials already told: its proposals are new, not a replay of
+    the first run's (on a continuous knob, any repeat is a replay), and none of them runs twice."""
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, _searcher
+
+    space = space_from_dict(
+        {"name": "c", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.9}}}}
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    opts = SearchOptions(sampler=sampler, num_samples=8, seed=0)
+    state = DriverState(
+        tmp_path, {"budget_bytes": None}, space, None, opts, study_name="s", storage=storage, context=None
+    )
+
+    def run(prefix: str, n: int) -> list[float]:
+        searcher = _searcher(state, pending=[])
+        out = []
+        for i in range(n):
+            config = searcher.suggest(f"{prefix}{i}")
+            out.append(config["params"]["linear/dropout"])
+            searcher.on_trial_complete(f"{prefix}{i}", _result(config["params"]))
+        return out
+
+    first = run("a", 4)
+    told = len(optuna.load_study(study_name="s", storage=storage).get_trials())
+    second = run("b", 4)  # the restart: a fresh searcher and sampler on the same study
+    assert not set(second) & set(first)
+    replayed = [
+        t
+        for t in optuna.load_study(study_name="s", storage=storage).get_trials()
+        if t.number >= told and t.user_attrs.get("duplicate_of", told) < told
+    ]
+    assert not replayed, "the resumed sampler proposed the first run's configurations again"
