@@ -6,8 +6,18 @@ from autoside.layers.gates import Swish, swish
 from autoside.layers.lowrank import LowRankLinear, LowRankMLP
 from autoside.layers.mixers import ChannelMixer, LowRankMixer, TokenMixer
 from autoside.layers.stochastic_depth import SideDropPath, set_side_drop_path
+from autoside.layers.temporal import (
+    TEMPORAL_MODULES,
+    TemporalAttention,
+    TemporalConv,
+    TemporalShift,
+    create_temporal,
+    get_temporal_layer,
+    shift_frames,
+)
 
 __all__ = [
+    "TEMPORAL_MODULES",
     "ChannelMixer",
     "DepthwiseFusion",
     "LowRankLinear",
@@ -15,8 +25,14 @@ __all__ = [
     "LowRankMixer",
     "SideDropPath",
     "Swish",
+    "TemporalAttention",
+    "TemporalConv",
+    "TemporalShift",
     "TokenMixer",
+    "create_temporal",
     "get_act_layer",
+    "get_temporal_layer",
     "set_side_drop_path",
+    "shift_frames",
     "swish",
 ]
