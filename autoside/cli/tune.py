@@ -31,6 +31,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help=f"folder of the searches (default ./{DEFAULT_ROOT})")
     p.add_argument("--resume", metavar="NAME", help="continue the search NAME whose driver was stopped or killed")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    p.add_argument("--skip-bad-videos", action="store_true", help="skip (and count) bad videos of a video dataset")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
 
@@ -66,7 +67,12 @@ def _search(args: argparse.Namespace) -> int:
     if args.objectives:
         options["objectives"] = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     options["progress"] = not (args.quiet or args.json)
-    result = search(args.space, args.recipe, **options)
+    recipe = args.recipe
+    if args.skip_bad_videos and recipe:
+        from autoside.recipe import load_recipe
+
+        recipe = load_recipe(recipe, ["dataset.skip_bad_videos=true"])
+    result = search(args.space, recipe, **options)
     if args.json:
         print(json.dumps(result_json(result), indent=2))
     else:
