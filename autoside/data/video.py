@@ -172,6 +172,16 @@ def read_clip(path: Path, sampling: ClipSampling, *, train: bool, rng: np.random
     return np.ascontiguousarray(centre_square(frames).transpose(0, 3, 1, 2))
 
 
+def read_clips(paths: list[str | Path], sampling: ClipSampling) -> torch.Tensor:
+    """Video files or frame folders as one uint8 batch of centred clips ``(N, T, 3, S, S)`` (what ``predict`` reads)."""
+    clips = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: video file not found")
+        clips.append(read_clip(path, sampling, train=False, rng=np.random.default_rng(0)))
+    return torch.from_numpy(np.stack(clips))
+
+
 @dataclass(frozen=True)
 class VideoEntry:
     """One labelled video (file or frame folder); ``problem`` is set when the listing already found it bad."""

@@ -54,6 +54,8 @@ class Side4VideoConfig(SideConfig):
         head_dim: channels per attention head (heads = ``s / head_dim``).
         mlp_ratio: hidden width of the side MLP as a multiple of ``s``.
         dropout: dropout before the classifier.
+        frames: frames read from each clip, evenly spaced (``None``: all of them); a search knob, since memory and
+            compute grow with it while the clips on disk stay the same.
     """
 
     family = "side4video"
@@ -68,8 +70,10 @@ class Side4VideoConfig(SideConfig):
     head_dim: int = 64
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    frames: int | None = None
 
     def __post_init__(self) -> None:
+        require(self.frames is None or self.frames >= 1, "frames", f"must be at least 1 or null, got {self.frames}")
         require(self.side_width >= 1, "side_width", f"must be at least 1, got {self.side_width}")
         require(self.head_dim >= 1, "head_dim", f"must be at least 1, got {self.head_dim}")
         require(
@@ -188,8 +192,17 @@ class Side4Video(SideNet):
             taps = self.backbone.intermediates(frames, indices=list(self.taps), return_prefix_tokens=True)
         return {i: torch.cat([prefix[:, :1], patches], dim=1) for i, (patches, prefix) in zip(self.taps, taps)}
 
+    def select_frames(self, clip: torch.Tensor) -> torch.Tensor:
+        """The ``config.frames`` evenly spaced frames of ``(B, T, C, H, W)`` clips (segment centres)."""
+        want, have = self.config.frames, clip.shape[1]
+        if want is None or want == have:
+            return clip
+        require(want < have, "frames", f"{want} is more than the {have} frames of the input clips (dataset.frames)")
+        index = ((torch.arange(want) + 0.5) * have / want).long()
+        return clip[:, index.to(clip.device)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clip = x if x.ndim == 5 else x[:, None]
+        clip = self.select_frames(x if x.ndim == 5 else x[:, None])
         b, t = clip.shape[:2]
         feats = self.features(clip.flatten(0, 1))
         side = to_tokens(self.stem_norm(self.stem(clip.transpose(1, 2))))

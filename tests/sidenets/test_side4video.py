@@ -65,6 +65,15 @@ def test_an_image_is_a_one_frame_clip() -> None:
         assert torch.equal(model(x), model(x[:, None]))
 
 
+def test_frames_knob_reads_evenly_spaced_frames() -> None:
+    model = create_sidenet("side4video", tiny_backbone("vit"), num_classes=3, side_width=32, frames=2).eval()
+    x, _ = random_batch(model.backbone, frames=6)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x[:, [1, 4]]))  # centres of the segments 0-2 and 3-5
+    with pytest.raises(ConfigError, match=r"^sidenet\.frames: 2 is more than the 1 frames"):
+        model(x[:, :1])
+
+
 OPTIONS = list(itertools.product(["none", "conv", "attn", "shift"], [True, False], ["all", "every_other", "top_half"]))
 
 

