@@ -134,6 +134,14 @@ def test_windows_keep_time_ranges_apart_and_carry_their_label() -> None:
     assert torch.equal(steps, torch.where(direction == 1, -2, 2))
 
 
+def test_autoside_datasets_lists_the_video_tasks(capsys: pytest.CaptureFixture) -> None:
+    from autoside.cli.main import main
+
+    assert main(["datasets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("arrow_of_time", "playback_speed", "videofolder", "videolist"))
+
+
 @pytest.mark.parametrize(("name", "classes"), [("arrow_of_time", 2), ("playback_speed", 3)])
 def test_builtin_tasks_from_real_clips(name: str, classes: int) -> None:
     assert list_datasets()[name].video
