@@ -159,7 +159,8 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     from autoside.sidenets import get_family
     from autoside.train import build_backbone
 
-    if list_datasets()[recipe.dataset.name.split("/")[0]].video:
+    video = list_datasets()[recipe.dataset.name.split("/")[0]].video
+    if video:
         image_only = [f.family for f in space.families if get_family(f.family).modality != "video"]
         if image_only:
             raise ConfigError(
@@ -171,7 +172,8 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     if budget is None:
         return
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
-    batch = recipe.batch_size * 3 * backbone.spec.image_size**2 * 4
+    frames = recipe.dataset.frames if video else 1
+    batch = recipe.batch_size * frames * 3 * backbone.spec.image_size**2 * 4
     need = state + batch
     if budget < need:
         raise ConfigError(

@@ -28,6 +28,7 @@ RECIPE = {
     "warmup_epochs": 0,
     "device": "cpu",
     "threads": 1,
+    "memory_budget": "1GiB",  # so every trial's peak is predicted from dry steps on clips before it trains
 }
 
 
@@ -37,6 +38,28 @@ def test_image_families_are_refused_on_clips_before_start() -> None:
     space = {"name": "img", "families": {"linear": {}, "side4video": {"side_width": 32}}}
     with pytest.raises(ConfigError, match="linear read images, but dataset 'arrow_of_time' holds clips"):
         autoside.search(space, RECIPE, num_samples=1)
+
+
+def test_memory_prediction_on_clips() -> None:
+    """The pre-training prediction (dry steps at two batch sizes) holds for clips as it does for images."""
+    import torch
+
+    from autoside.data import load_task
+    from autoside.memory.predict import predict_peak_memory
+    from autoside.recipe import recipe_from_dict
+    from autoside.sidenets import resolve
+    from autoside.train import build_model, train_model
+
+    small = {"frames": 2, "train_size": 16, "val_size": 4, "test_size": 4}  # two steps: the second one peaks
+    recipe = recipe_from_dict({**RECIPE, "dataset": {**RECIPE["dataset"], **small}})
+    task = load_task(recipe.dataset)
+    model = build_model(
+        recipe, task.num_classes, resolve("side4video_vit12_fmnist", side_width=32, head_dim=32, layer_set="top_half")
+    )
+    prediction = predict_peak_memory(model, task, recipe)
+    measured = train_model(model, task, recipe, device=torch.device("cpu")).peak_memory_bytes
+    error = prediction.predicted_bytes / measured - 1
+    assert 0.0 <= error <= 0.10, f"prediction {prediction.predicted_bytes} vs measured {measured}: {error:+.1%}"
 
 
 @pytest.mark.ray
@@ -51,7 +74,9 @@ def test_video_search_export_and_predict_a_clip(
     result = autoside.search(str(SPACE), RECIPE, num_samples=2, max_concurrent=1, seed=0, root=str(root), name="v")
     assert [r.status for r in result.trials] == ["ok", "ok"]
     assert all(r.config["family"] == "side4video" for r in result.trials)
-    assert all(r.metrics["peak_memory_bytes"] > 0 for r in result.trials)
+    for record in result.trials:
+        assert 0 < record.metrics["peak_memory_bytes"] < 2**30
+        assert record.raw["memory_prediction"]["predicted_bytes"] > 0
 
     out = tmp_path / "export"
     assert main(["export", "v", str(out), "--trial", "0", "--root", str(root)]) == 0
