@@ -15,10 +15,13 @@ Every module maps a token map ``(B, C, T, H, W)`` to an update of the same shape
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from autoside.errors import ConfigError
 
 TEMPORAL_MODULES = ("none", "conv", "attn", "shift")
 
@@ -124,3 +127,61 @@ def create_temporal(name_or_class: str | type[nn.Module], dim: int, **knobs: Any
     }.get(cls)
     kwargs = knobs if accepted is None else {k: v for k, v in knobs.items() if k in accepted}
     return cls(dim, **kwargs)
+
+
+@dataclass(frozen=True)
+class TemporalKnobs:
+    """The temporal-module knobs a video family's config carries (mixed into its frozen config dataclass), so every
+    video family searches the same dimension with the same names.
+
+    Attributes:
+        temporal: the temporal module (``none``: no temporal branch).
+        temporal_kernel: frames seen by the ``conv`` module (odd).
+        temporal_spatial_kernel: spatial extent of the ``conv`` module's depthwise kernel (Side4Video: 1).
+        temporal_ratio: width of the ``conv`` bottleneck as a fraction of the side width.
+        shift_fraction: fraction of channels the ``shift`` module moves in time.
+    """
+
+    temporal: Literal["none", "conv", "attn", "shift"] = "conv"
+    temporal_kernel: int = 3
+    temporal_spatial_kernel: int = 1
+    temporal_ratio: float = 1.0
+    shift_fraction: float = 0.25
+
+    def check_temporal(self) -> None:
+        for name in ("temporal_kernel", "temporal_spatial_kernel"):
+            value = getattr(self, name)
+            if value < 1 or value % 2 == 0:
+                raise ConfigError(f"sidenet.{name}: must be an odd number >= 1, got {value}")
+        if self.temporal_ratio <= 0:
+            raise ConfigError(f"sidenet.temporal_ratio: must be positive, got {self.temporal_ratio}")
+        if not 0 < self.shift_fraction <= 1:
+            raise ConfigError(f"sidenet.shift_fraction: must be in (0, 1], got {self.shift_fraction}")
+
+    def build_temporal(self, dim: int, heads: int = 1) -> nn.Module | None:
+        """The chosen temporal module of width ``dim`` (``heads`` for ``attn``)."""
+        return create_temporal(
+            self.temporal,
+            dim,
+            kernel=self.temporal_kernel,
+            spatial_kernel=self.temporal_spatial_kernel,
+            ratio=self.temporal_ratio,
+            heads=heads,
+            fraction=self.shift_fraction,
+        )
+
+
+def select_frames(clip: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """``frames`` evenly spaced frames (segment centres) of ``(B, T, C, H, W)`` clips; ``None`` keeps them all and a
+    one-frame clip (a still image) is repeated to a static clip."""
+    have = clip.shape[1]
+    if frames is None or frames == have:
+        return clip
+    if have == 1:
+        return clip.expand(-1, frames, *clip.shape[2:])
+    if frames > have:
+        raise ConfigError(
+            f"sidenet.frames: {frames} is more than the {have} frames of the input clips (dataset.frames)"
+        )
+    index = ((torch.arange(frames) + 0.5) * have / frames).long()
+    return clip[:, index.to(clip.device)]

@@ -32,24 +32,19 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec
-from autoside.layers import TEMPORAL_MODULES, create_temporal, shift_frames
+from autoside.layers import TemporalKnobs, select_frames, shift_frames
 from autoside.sidenets import register_family, register_sidenet
 from autoside.sidenets.base import SideConfig, SideNet, require
 
 
 @dataclass(frozen=True)
-class Side4VideoConfig(SideConfig):
-    """Side4Video beside a frozen ViT with a CLS token.
+class Side4VideoConfig(SideConfig, TemporalKnobs):
+    """Side4Video beside a frozen ViT with a CLS token (temporal-module knobs: :class:`~autoside.layers.TemporalKnobs`).
 
     Attributes:
         side_width: ``s``, the width of the side network.
         layer_set: which backbone layers feed a side block: ``all``, ``every_other`` (1, 3, 5, ...: the last layer is
             always read) or ``top_half``.
-        temporal: the temporal module of each side block (``none``: no temporal branch).
-        temporal_kernel: frames seen by the ``conv`` module (odd).
-        temporal_spatial_kernel: spatial extent of the ``conv`` module's depthwise kernel (Side4Video: 1).
-        temporal_ratio: width of the ``conv`` bottleneck as a fraction of ``s``.
-        shift_fraction: fraction of channels the ``shift`` module moves in time.
         cls_shift: shift the backbone's CLS token in time before it joins the spatial attention.
         head_dim: channels per attention head (heads = ``s / head_dim``).
         mlp_ratio: hidden width of the side MLP as a multiple of ``s``.
@@ -61,11 +56,6 @@ class Side4VideoConfig(SideConfig):
     family = "side4video"
     side_width: int = 320
     layer_set: Literal["all", "every_other", "top_half"] = "all"
-    temporal: Literal[TEMPORAL_MODULES] = "conv"
-    temporal_kernel: int = 3
-    temporal_spatial_kernel: int = 1
-    temporal_ratio: float = 1.0
-    shift_fraction: float = 0.25
     cls_shift: bool = True
     head_dim: int = 64
     mlp_ratio: float = 4.0
@@ -81,11 +71,7 @@ class Side4VideoConfig(SideConfig):
             "side_width",
             f"must be a multiple of its {self.num_heads} heads (side_width / head_dim), got {self.side_width}",
         )
-        for name in ("temporal_kernel", "temporal_spatial_kernel"):
-            value = getattr(self, name)
-            require(value >= 1 and value % 2 == 1, name, f"must be an odd number >= 1, got {value}")
-        require(self.temporal_ratio > 0, "temporal_ratio", f"must be positive, got {self.temporal_ratio}")
-        require(0 < self.shift_fraction <= 1, "shift_fraction", f"must be in (0, 1], got {self.shift_fraction}")
+        self.check_temporal()
         require(self.mlp_ratio > 0, "mlp_ratio", f"must be positive, got {self.mlp_ratio}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
@@ -126,15 +112,7 @@ class Side4VideoBlock(nn.Module):
     def __init__(self, dim: int, config: Side4VideoConfig, depth: int) -> None:
         super().__init__()
         heads = config.num_heads
-        self.temporal = create_temporal(
-            config.temporal,
-            dim,
-            kernel=config.temporal_kernel,
-            spatial_kernel=config.temporal_spatial_kernel,
-            ratio=config.temporal_ratio,
-            heads=heads,
-            fraction=config.shift_fraction,
-        )
+        self.temporal = config.build_temporal(dim, heads)
         self.temporal_norm = nn.BatchNorm3d(dim) if self.temporal is not None else None
         self.cls_shift = config.cls_shift
         self.attn_norm = nn.LayerNorm(dim)
@@ -192,17 +170,8 @@ class Side4Video(SideNet):
             taps = self.backbone.intermediates(frames, indices=list(self.taps), return_prefix_tokens=True)
         return {i: torch.cat([prefix[:, :1], patches], dim=1) for i, (patches, prefix) in zip(self.taps, taps)}
 
-    def select_frames(self, clip: torch.Tensor) -> torch.Tensor:
-        """The ``config.frames`` evenly spaced frames of ``(B, T, C, H, W)`` clips (segment centres)."""
-        want, have = self.config.frames, clip.shape[1]
-        if want is None or want == have:
-            return clip
-        require(want < have, "frames", f"{want} is more than the {have} frames of the input clips (dataset.frames)")
-        index = ((torch.arange(want) + 0.5) * have / want).long()
-        return clip[:, index.to(clip.device)]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clip = self.select_frames(x if x.ndim == 5 else x[:, None])
+        clip = select_frames(x if x.ndim == 5 else x[:, None], self.config.frames)
         b, t = clip.shape[:2]
         feats = self.features(clip.flatten(0, 1))
         side = to_tokens(self.stem_norm(self.stem(clip.transpose(1, 2))))

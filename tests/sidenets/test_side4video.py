@@ -70,8 +70,9 @@ def test_frames_knob_reads_evenly_spaced_frames() -> None:
     x, _ = random_batch(model.backbone, frames=6)
     with torch.no_grad():
         assert torch.equal(model(x), model(x[:, [1, 4]]))  # centres of the segments 0-2 and 3-5
-    with pytest.raises(ConfigError, match=r"^sidenet\.frames: 2 is more than the 1 frames"):
-        model(x[:, :1])
+        assert torch.equal(model(x[:, :1]), model(x[:, [0, 0]]))  # a still image is a static clip
+    with pytest.raises(ConfigError, match=r"^sidenet\.frames: 4 is more than the 3 frames"):
+        create_sidenet("side4video", model.backbone, num_classes=3, side_width=32, frames=4)(x[:, :3])
 
 
 OPTIONS = list(itertools.product(["none", "conv", "attn", "shift"], [True, False], ["all", "every_other", "top_half"]))
