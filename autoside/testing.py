@@ -167,7 +167,7 @@ def blocks_recording_graph(model: SideNet, x: torch.Tensor, blocks: Iterable[nn.
 def run_contract(model: SideNet) -> None:
     """All checks on one side network built beside a tiny backbone."""
     torch.manual_seed(0)
-    frames = 3 if model.modality == "video" else None
+    frames = (getattr(model.config, "frames", None) or 3) if model.modality == "video" else None
     x, y = random_batch(model.backbone, num_classes=model.num_classes, frames=frames)
     check_training_step(model, x, y)
     model.eval()
