@@ -232,7 +232,7 @@ def check_task(model: SideNet, task: Task) -> None:
     if task.modality == "video" and model.modality != "video":
         raise ConfigError(
             f"sidenet.family: {model.config.family!r} reads images but dataset {task.name!r} holds clips; "
-            "use a video family (side4video)"
+            "use a video family (side4video, losa_video)"
         )
 
 

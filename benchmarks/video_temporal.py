@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         result, model = run_trial(recipe, config, task=task)
         table.add_row(
             temporal,
-            str(config.cls_shift),
+            str(getattr(config, "cls_shift", "-")),
             f"{result.val_accuracy:.3f}",
             f"{result.test_accuracy:.3f}",
             f"{model.num_trainable(include_head=False):,}",

@@ -165,7 +165,7 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
         if image_only:
             raise ConfigError(
                 f"search space {space.name!r}: {', '.join(image_only)} read images, but dataset "
-                f"{recipe.dataset.name!r} holds clips; search video families (side4video) on it"
+                f"{recipe.dataset.name!r} holds clips; search video families (side4video, losa_video) on it"
             )
     backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
