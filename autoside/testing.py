@@ -74,12 +74,14 @@ def small_vit_backbone() -> Backbone:
     return timm_backbone(arch["timm_model"], arch["timm_kwargs"], arch["timm_kwargs"]["img_size"], name="vit12_fmnist")
 
 
-def random_batch(backbone: Backbone, batch_size: int = 2, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(
+    backbone: Backbone, batch_size: int = 2, num_classes: int = 3, *, frames: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random input and labels: images ``(B, 3, H, W)``, or clips ``(B, frames, 3, H, W)`` when ``frames`` is set."""
     size = backbone.spec.image_size
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, 3, size, size, generator=gen), torch.randint(
-        0, num_classes, (batch_size,), generator=gen
-    )
+    shape = (batch_size, 3, size, size) if frames is None else (batch_size, frames, 3, size, size)
+    return torch.randn(*shape, generator=gen), torch.randint(0, num_classes, (batch_size,), generator=gen)
 
 
 def _bn_state(backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -165,7 +167,8 @@ def blocks_recording_graph(model: SideNet, x: torch.Tensor, blocks: Iterable[nn.
 def run_contract(model: SideNet) -> None:
     """All checks on one side network built beside a tiny backbone."""
     torch.manual_seed(0)
-    x, y = random_batch(model.backbone, num_classes=model.num_classes)
+    frames = (getattr(model.config, "frames", None) or 3) if model.modality == "video" else None
+    x, y = random_batch(model.backbone, num_classes=model.num_classes, frames=frames)
     check_training_step(model, x, y)
     model.eval()
     with torch.no_grad():

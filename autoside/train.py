@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
+from autoside.errors import ConfigError
 from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
@@ -122,6 +123,7 @@ def train_model(
 ) -> TrialResult:
     """Train ``model`` on ``task.train`` under ``recipe``; ``report(epoch, metrics)`` is called after each epoch
     (a search uses it for early stopping and tracking, and may raise to stop the trial)."""
+    check_task(model, task)
     torch.manual_seed(recipe.seed)
     model.to(device)
     preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
@@ -224,6 +226,15 @@ def _progress(enabled: bool, total: int, label: str):
     )
     bar.start()
     return bar, bar.add_task(label, total=total)
+
+
+def check_task(model: SideNet, task: Task) -> None:
+    """Clips need a side network that reads clips (a video family sees a still image as a one-frame clip)."""
+    if task.modality == "video" and model.modality != "video":
+        raise ConfigError(
+            f"sidenet.family: {model.config.family!r} reads images but dataset {task.name!r} holds clips; "
+            "use a video family (side4video, losa_video)"
+        )
 
 
 def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = None) -> SideNet:

@@ -93,7 +93,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
 
 
-@command("predict", "print the top-k labels an exported side network gives to image files")(_predict_args)
+@command("predict", "print the top-k labels an exported side network gives to image (or video) files")(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
     import autoside
     from autoside.errors import ConfigError
@@ -102,7 +102,12 @@ def _predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k: must be at least 1, got {args.top_k}")
     model = autoside.load(args.path, checkpoint=args.checkpoint, device=args.device)
-    images = read_images(args.files, model.backbone.spec.image_size)
+    if model.sidenet.modality == "video":
+        from autoside.data.video import read_clips
+
+        images = read_clips(args.files, model.clip_sampling)
+    else:
+        images = read_images(args.files, model.backbone.spec.image_size)
     results = model.topk(images, k=args.top_k)
     if args.json:
         rows = [

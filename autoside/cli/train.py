@@ -20,6 +20,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="override a recipe key, e.g. --set epochs=3 --set sidenet.name=full",
     )
     p.add_argument("--sidenet", help="side network family or preset (shorthand for --set sidenet.name=...)")
+    p.add_argument(
+        "--skip-bad-videos",
+        action="store_true",
+        help="skip (and count) unreadable or too-short videos instead of stopping",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -30,6 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     from autoside.train import run_trial
 
     overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else [])]
+    overrides += ["dataset.skip_bad_videos=true"] if args.skip_bad_videos else []
     recipe = load_recipe(args.recipe, overrides)
     result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty())
     if args.json:

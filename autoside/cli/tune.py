@@ -54,6 +54,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help=f"folder of the searches (default ./{DEFAULT_ROOT})")
     p.add_argument("--resume", metavar="NAME", help="continue the search NAME whose driver was stopped or killed")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    p.add_argument("--skip-bad-videos", action="store_true", help="skip (and count) bad videos of a video dataset")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
 
@@ -95,7 +96,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.objectives:
         options["objectives"] = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     options["progress"] = not (args.quiet or args.json)
-    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else None
+    overrides = [*args.overrides, *(["dataset.skip_bad_videos=true"] if args.skip_bad_videos else [])]
+    recipe = load_recipe(args.recipe, overrides) if args.recipe else None
     result = search(args.space, recipe, **options)
     if args.json:
         print(json.dumps(result_json(result), indent=2))

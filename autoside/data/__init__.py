@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autoside.data import video_tasks  # noqa: F401 - registers the built-in video tasks
 from autoside.data.sources import Images, list_datasets, register_dataset
 from autoside.data.splits import Split, Task, vtab_split
 from autoside.data.transforms import Preprocess
+from autoside.data.video import ClipSampling
 from autoside.errors import ConfigError
 
 __all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datasets", "load_task", "register_dataset"]
@@ -14,7 +16,11 @@ __all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datas
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Which data a trial uses and how it is split (VTAB-1k default: 800 train + 200 val)."""
+    """Which data a trial uses and how it is split (VTAB-1k default: 800 train + 200 val).
+
+    Video datasets also read ``frames`` (T per clip), ``frame_stride`` (unset: TSN segments; built-in tasks: 1),
+    ``frame_size`` (frames are resized to it at decode time) and ``skip_bad_videos``.
+    """
 
     name: str = "animal_mnist"
     root: str | None = None
@@ -23,6 +29,10 @@ class DatasetConfig:
     val_size: int = 200
     test_size: int | None = None
     seed: int = 0
+    frames: int = 8
+    frame_stride: int | None = None
+    frame_size: int = 64
+    skip_bad_videos: bool = False
 
     def __post_init__(self) -> None:
         base = self.name.split("/", 1)[0]
@@ -35,12 +45,33 @@ class DatasetConfig:
                 raise ConfigError(f"dataset.{field}: must be at least 1, got {getattr(self, field)}")
         if self.test_size is not None and self.test_size < 1:
             raise ConfigError(f"dataset.test_size: must be at least 1 or null (all), got {self.test_size}")
+        if self.frames < 1:
+            raise ConfigError(f"dataset.frames: must be at least 1, got {self.frames}")
+        if self.frame_stride is not None and self.frame_stride < 1:
+            raise ConfigError(
+                f"dataset.frame_stride: must be at least 1 or null (TSN segments), got {self.frame_stride}"
+            )
+        if self.frame_size < 8:
+            raise ConfigError(f"dataset.frame_size: must be at least 8 pixels, got {self.frame_size}")
 
 
 def load_task(cfg: DatasetConfig) -> Task:
     """Read the dataset and cut its seeded splits."""
     base, _, sub = cfg.name.partition("/")
-    loader = list_datasets()[base].loader
+    info = list_datasets()[base]
+    loader = info.loader
+    if info.video:
+        sampling = ClipSampling(frames=cfg.frames, frame_stride=cfg.frame_stride, frame_size=cfg.frame_size)
+        return loader(
+            root=cfg.root,
+            name=cfg.name,
+            sampling=sampling,
+            train_size=cfg.train_size,
+            val_size=cfg.val_size,
+            test_size=cfg.test_size,
+            seed=cfg.seed,
+            skip_bad=cfg.skip_bad_videos,
+        )
     if base == "torchvision":
         data = loader(root=cfg.root, dataset=sub, download=cfg.download)
     else:

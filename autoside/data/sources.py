@@ -37,14 +37,15 @@ class DatasetInfo:
     description: str
     loader: Callable[..., Images]
     needs_root: bool = False
+    video: bool = False  # the loader takes the clip options and returns a split Task (see autoside.data.video)
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str, *, needs_root: bool = False):
+def register_dataset(name: str, description: str, *, needs_root: bool = False, video: bool = False):
     def wrap(fn: Callable[..., Images]) -> Callable[..., Images]:
-        _DATASETS[name] = DatasetInfo(name, description, fn, needs_root)
+        _DATASETS[name] = DatasetInfo(name, description, fn, needs_root, video)
         return fn
 
     return wrap

@@ -34,6 +34,11 @@ class Task:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def modality(self) -> str:
+        """``video`` when the examples are clips ``(N, T, C, H, W)``, else ``image``."""
+        return "video" if self.train.images.ndim == 5 else "image"
+
 
 def vtab_split(data: Images, *, name: str, train_size: int, val_size: int, test_size: int | None, seed: int) -> Task:
     """The same seed always gives the same examples in the same order."""

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 
 class Preprocess(torch.nn.Module):
-    """Scale to [0, 1], resize to the backbone's input size, repeat gray to RGB, normalise with its mean/std."""
+    """Scale to [0, 1], resize to the backbone's input size, repeat gray to RGB, normalise with its mean/std (images
+    ``(N, C, H, W)`` or clips ``(N, T, C, H, W)``)."""
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"):
         super().__init__()
@@ -31,6 +32,8 @@ class Preprocess(torch.nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 5:  # clips (B, T, C, H, W): every frame like an image
+            return self(images.flatten(0, 1)).unflatten(0, images.shape[:2])
         x = images.to(self.mean.device, torch.float32) / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

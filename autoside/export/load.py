@@ -225,6 +225,17 @@ class ExportedSideNet(nn.Module):
     def metrics(self) -> dict[str, Any]:
         return dict(self.info.get("metrics") or {})
 
+    @property
+    def clip_sampling(self) -> Any:
+        """How ``predict`` cuts video files into clips: the training recipe's ``dataset`` clip options when the export
+        recorded them, else the side network's frames (default 8) as TSN segments at the backbone's input size."""
+        from autoside.data.video import ClipSampling
+
+        dataset = ((self.info.get("extra") or {}).get("recipe") or {}).get("dataset") or {}
+        frames = dataset.get("frames") or getattr(self.config, "frames", None) or 8
+        size = dataset.get("frame_size") or self.backbone.spec.image_size
+        return ClipSampling(frames=int(frames), frame_stride=dataset.get("frame_stride"), frame_size=int(size))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch that has already been through :attr:`preprocess` (as during training)."""
         return self.sidenet(x)
@@ -244,7 +255,7 @@ class ExportedSideNet(nn.Module):
 
 
 def as_batch(images: Any) -> torch.Tensor:
-    """A uint8 ``(N, C, H, W)`` batch from a tensor or array of images.
+    """A uint8 ``(N, C, H, W)`` batch from a tensor or array of images (clips ``(N, T, C, H, W)``: frame by frame).
 
     Accepted: ``(N, C, H, W)`` or ``(N, H, W, C)`` with C of 1 or 3, ``(N, H, W)`` gray; uint8 (0-255) or floats in
     [0, 1]; or a sequence of such single images ``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)`` of any sizes (each resized
@@ -262,6 +273,8 @@ def as_batch(images: Any) -> torch.Tensor:
             else torch.cat(singles)
         )
     x = torch.as_tensor(images)
+    if x.ndim == 5:  # clips (N, T, C, H, W)
+        return torch.stack([as_batch(clip) for clip in x]) if len(x) else x.to(torch.uint8)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:

@@ -6,9 +6,9 @@ on another machine (random weights, a local checkpoint, a Hugging Face cache dow
 safetensors checkpoint; ``load_context`` calls :func:`autoside.load`, which checks them against the recorded hash.
 
 ``predict`` takes a batch of images: a numpy array or tensor (``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``,
-uint8 or floats in [0, 1]), or a DataFrame whose first column holds one image per row (nested lists, encoded
-PNG/JPEG bytes, base64 strings of those, or file paths). It returns a DataFrame with the top label, its probability,
-its index and every class probability.
+uint8 or floats in [0, 1]; clips ``(N, T, C, H, W)`` for a video side network), or a DataFrame whose first column
+holds one image per row (nested lists, encoded PNG/JPEG bytes, base64 strings of those, or file paths). It returns a
+DataFrame with the top label, its probability, its index and every class probability.
 """
 
 from __future__ import annotations

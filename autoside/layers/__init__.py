@@ -6,8 +6,20 @@ from autoside.layers.gates import Swish, swish
 from autoside.layers.lowrank import LowRankLinear, LowRankMLP
 from autoside.layers.mixers import ChannelMixer, LowRankMixer, TokenMixer
 from autoside.layers.stochastic_depth import SideDropPath, set_side_drop_path
+from autoside.layers.temporal import (
+    TEMPORAL_MODULES,
+    TemporalAttention,
+    TemporalConv,
+    TemporalKnobs,
+    TemporalShift,
+    create_temporal,
+    get_temporal_layer,
+    select_frames,
+    shift_frames,
+)
 
 __all__ = [
+    "TEMPORAL_MODULES",
     "ChannelMixer",
     "DepthwiseFusion",
     "LowRankLinear",
@@ -15,8 +27,16 @@ __all__ = [
     "LowRankMixer",
     "SideDropPath",
     "Swish",
+    "TemporalAttention",
+    "TemporalConv",
+    "TemporalKnobs",
+    "TemporalShift",
     "TokenMixer",
+    "create_temporal",
     "get_act_layer",
+    "get_temporal_layer",
+    "select_frames",
     "set_side_drop_path",
+    "shift_frames",
     "swish",
 ]

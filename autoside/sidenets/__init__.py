@@ -42,7 +42,7 @@ def _ensure_loaded() -> None:
     # Importing the family modules registers them; kept out of import time of autoside itself.
     from autoside.sidenets import baselines  # noqa: F401
 
-    for module in ("losa", "dtl", "side4video", "cst"):
+    for module in ("losa", "losa_video", "dtl", "side4video", "cst"):
         try:
             __import__(f"autoside.sidenets.{module}")
         except ModuleNotFoundError as exc:

@@ -52,11 +52,13 @@ class SideNet(nn.Module):
     """A side network and the backbone it sits beside; ``forward`` maps images to logits.
 
     Subclasses set ``writes_back`` when they change the backbone's forward pass (DTL, CST): those need gradients
-    through later frozen blocks and cannot use cached backbone features.
+    through later frozen blocks and cannot use cached backbone features. ``modality`` says what ``forward`` reads:
+    ``image`` batches ``(B, C, H, W)`` or ``video`` clips ``(B, T, C, H, W)``.
     """
 
     config_class: ClassVar[type[SideConfig]] = SideConfig
     writes_back: ClassVar[bool] = False
+    modality: ClassVar[str] = "image"
 
     def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()

@@ -83,12 +83,12 @@ class LoSAConfig(SideConfig):
         require(
             spec.layout == "vit",
             "family",
-            f"'losa' needs a ViT backbone (layout 'vit'); {spec.name!r} has layout {spec.layout!r}",
+            f"{self.family!r} needs a ViT backbone (layout 'vit'); {spec.name!r} has layout {spec.layout!r}",
         )
         require(
             spec.grid_size is not None,
             "family",
-            f"'losa' mixes a fixed number of tokens, but {spec.name!r} has no fixed patch grid",
+            f"{self.family!r} mixes a fixed number of tokens, but {spec.name!r} has no fixed patch grid",
         )
         width, tokens = spec.widths[0], self.num_tokens(spec)
         if self.mixer_components != "token":
@@ -134,25 +134,25 @@ class LoSA(SideNet):
         spec = backbone.spec
         depth, width = spec.num_taps, spec.widths[0]
         self.adapted = config.adapted_layers(depth)
-        self.mixers = nn.ModuleDict(
-            {
-                str(i): LowRankMixer(
-                    width,
-                    config.num_tokens(spec),
-                    channel_rank=config.channel_rank,
-                    token_rank=config.token_rank,
-                    depth=config.mixer_depth,
-                    order=config.mixer_order,
-                    components=config.mixer_components,
-                    act_layer=config.act,
-                )
-                for i in self.adapted
-            }
-        )
+        self.mixers = nn.ModuleDict({str(i): self.make_mixer(config, spec) for i in self.adapted})
         self.norm = nn.LayerNorm(width, eps=_final_norm_eps(backbone.model))
         _init_from_backbone_norm(self.norm, backbone.model)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(spec.num_features, num_classes)
+
+    @staticmethod
+    def make_mixer(config: LoSAConfig, spec: BackboneSpec) -> nn.Module:
+        """``g_i``: maps the ``(B, N, d)`` tokens of one layer to their update."""
+        return LowRankMixer(
+            spec.widths[0],
+            config.num_tokens(spec),
+            channel_rank=config.channel_rank,
+            token_rank=config.token_rank,
+            depth=config.mixer_depth,
+            order=config.mixer_order,
+            components=config.mixer_components,
+            act_layer=config.act,
+        )
 
     def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """Frozen block outputs ``b_i`` (all tokens) for the adapted layers and the last one, without autograd."""

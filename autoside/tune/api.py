@@ -161,14 +161,25 @@ def _default_uri(root: str) -> str:
 def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     """Before anything starts: the space must suit the backbone, and the budget must be above what every
     configuration needs (the frozen backbone's weights and one input batch are resident in every trial)."""
+    from autoside.data import list_datasets
+    from autoside.sidenets import get_family
     from autoside.train import build_backbone
 
+    video = list_datasets()[recipe.dataset.name.split("/")[0]].video
+    if video:
+        image_only = [f.family for f in space.families if get_family(f.family).modality != "video"]
+        if image_only:
+            raise ConfigError(
+                f"search space {space.name!r}: {', '.join(image_only)} read images, but dataset "
+                f"{recipe.dataset.name!r} holds clips; search video families (side4video, losa_video) on it"
+            )
     backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
     if budget is None:
         return
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
-    batch = recipe.batch_size * 3 * backbone.spec.image_size**2 * 4
+    frames = recipe.dataset.frames if video else 1
+    batch = recipe.batch_size * frames * 3 * backbone.spec.image_size**2 * 4
     need = state + batch
     if budget < need:
         raise ConfigError(

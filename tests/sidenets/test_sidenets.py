@@ -31,10 +31,11 @@ def test_contract(name: str, layout: str) -> None:
 
 
 def _refused(name: str, layout: str) -> bool:
-    """LoSA needs a ViT, DTL a ViT or Swin, CST a CNN; the Swin-B preset merges from block 15, past a 12-block ViT."""
+    """LoSA (image and video) and Side4Video need a ViT, DTL a ViT or Swin, CST a CNN; the Swin-B preset merges from
+    block 15, past a 12-block ViT."""
     family = resolve(name).family
     return (
-        (family == "losa" and layout != "vit")
+        (family in ("losa", "losa_video", "side4video") and layout != "vit")
         or (family == "cst" and layout != "cnn")
         or (family == "dtl" and layout == "cnn")
         or (name == "dtl_swin_b" and layout == "vit")

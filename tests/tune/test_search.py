@@ -310,23 +310,7 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
     assert len(finished) == n + len(repeats) and not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 
 
-# -- in-process searches on a shared small local cluster -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster():  # noqa: ANN201
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        object_store_memory=128 * 2**20,
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
-
-
+# -- in-process searches on a shared small local cluster (the ray_cluster fixture is in conftest.py) -------------
 @pytest.mark.ray
 @pytest.mark.slow
 def test_search_tracks_every_trial_and_pareto_is_exact(

