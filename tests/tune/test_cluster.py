@@ -115,8 +115,10 @@ class MlflowServer:
         cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
         cmd += ["--artifacts-destination", str(self.folder / "art")]
         with open(self.folder / "server.log", "ab") as log:
+            # No job runner: its seven worker processes would compete with the trials for two cores.
+            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             self.process = subprocess.Popen(
-                cmd, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + 90
         while True:
