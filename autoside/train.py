@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
+from autoside.data.transforms import RandomResizedCropFlip
 from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
@@ -44,6 +45,8 @@ class TrialResult:
     torch_version: str
     family: str
     history: list[dict[str, float]] = field(default_factory=list)
+    memory_tracked_steps: int = 0
+    steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +82,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, len(split), batch_size):
-        x = preprocess(split.images[start : start + batch_size].to(device))
+    for images, labels in split.batches(batch_size):
+        x = preprocess(images.to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        correct += (logits.argmax(-1).cpu() == split.labels[start : start + batch_size]).sum().item()
+        correct += (logits.argmax(-1).cpu() == labels).sum().item()
     model.train(was_training)
     return correct / max(1, len(split))
 
@@ -129,7 +132,8 @@ def train_model(
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
     total, warmup = recipe.epochs * steps_per_epoch, int(recipe.warmup_epochs * steps_per_epoch)
-    meter = meter or MemoryMeter(device, budget_bytes=recipe.budget_bytes)
+    augment = RandomResizedCropFlip() if recipe.augment else torch.nn.Identity()
+    meter = meter or MemoryMeter(device, budget_bytes=recipe.budget_bytes, tracking=recipe.memory_tracking)
     order_gen = torch.Generator().manual_seed(recipe.seed)
     history: list[dict[str, float]] = []
     seen, train_time, step = 0, 0.0, 0
@@ -141,25 +145,28 @@ def train_model(
         for epoch in range(recipe.epochs):
             order = torch.randperm(len(task.train), generator=order_gen)
             epoch_loss, tic = 0.0, time.perf_counter()
-            for i in range(steps_per_epoch):
-                idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-                images, labels = task.train.images[idx].to(device), task.train.labels[idx].to(device)
+            for images, labels in task.train.batches(recipe.batch_size, order):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(
                         step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
                     )
-                meter.step()
-                loss = training_step(
-                    model, preprocess(images), labels, optimizer, amp=amp, label_smoothing=recipe.label_smoothing
-                )
+                inputs = (order, images, labels)  # alive across steps: what a sampled meter registers
+                with meter.train_step(
+                    tuple(images.shape), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs
+                ):
+                    x = preprocess(images.to(device))
+                    loss = training_step(
+                        model, augment(x), labels.to(device), optimizer, amp=amp, label_smoothing=recipe.label_smoothing
+                    )
+                    del x
                 epoch_loss += loss
-                seen += len(idx)
+                seen += len(labels)
                 step += 1
                 if bar:
                     bar[0].update(bar[1], advance=1, description=f"{model.config.family} epoch {epoch + 1}")
             train_time += time.perf_counter() - tic
             # Evaluation runs outside the meter's budget check: it is not part of training memory.
-            with _paused(meter):
+            with meter.paused():
                 val_acc = evaluate(
                     model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp
                 )
@@ -194,23 +201,9 @@ def train_model(
         torch_version=torch.__version__,
         family=model.config.family,
         history=history,
+        memory_tracked_steps=memory.tracked_steps,
+        steps=memory.steps,
     )
-
-
-class _paused:
-    """Stop the memory tracker during evaluation (eval activations are not training memory)."""
-
-    def __init__(self, meter: MemoryMeter) -> None:
-        self.meter = meter
-
-    def __enter__(self) -> None:
-        from torch.utils._python_dispatch import _pop_mode_temporarily
-
-        self._ctx = _pop_mode_temporarily()
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def _progress(enabled: bool, total: int, label: str):
@@ -257,7 +250,7 @@ def run_trial(
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     device = resolve_device(recipe.device)
-    task = task or load_task(recipe.dataset)
+    task = task or load_task(recipe.dataset, image_size=recipe.image_size)
     model = build_model(recipe, task.num_classes, config)
     result = train_model(model, task, recipe, device=device, report=report, progress=progress)
     return result, model

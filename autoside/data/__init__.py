@@ -8,6 +8,7 @@ from autoside.data.sources import Images, list_datasets, register_dataset
 from autoside.data.splits import Split, Task, vtab_split
 from autoside.data.transforms import Preprocess
 from autoside.errors import ConfigError
+from autoside.units import parse_bytes
 
 __all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datasets", "load_task", "register_dataset"]
 
@@ -23,6 +24,8 @@ class DatasetConfig:
     val_size: int = 200
     test_size: int | None = None
     seed: int = 0
+    max_in_memory: str | int | None = "2GiB"
+    workers: int = 2
 
     def __post_init__(self) -> None:
         base = self.name.split("/", 1)[0]
@@ -35,14 +38,20 @@ class DatasetConfig:
                 raise ConfigError(f"dataset.{field}: must be at least 1, got {getattr(self, field)}")
         if self.test_size is not None and self.test_size < 1:
             raise ConfigError(f"dataset.test_size: must be at least 1 or null (all), got {self.test_size}")
+        if self.workers < 0:
+            raise ConfigError(f"dataset.workers: must be at least 0, got {self.workers}")
+        parse_bytes(self.max_in_memory, field="dataset.max_in_memory")
 
 
-def load_task(cfg: DatasetConfig) -> Task:
-    """Read the dataset and cut its seeded splits."""
+def load_task(cfg: DatasetConfig, *, image_size: int | None = None) -> Task:
+    """Read the dataset and cut its seeded splits; image files are decoded at ``image_size`` (the recipe's)."""
     base, _, sub = cfg.name.partition("/")
     loader = list_datasets()[base].loader
     if base == "torchvision":
         data = loader(root=cfg.root, dataset=sub, download=cfg.download)
+    elif base == "imagefolder":
+        limit = parse_bytes(cfg.max_in_memory, field="dataset.max_in_memory")
+        data = loader(root=cfg.root, image_size=image_size, max_in_memory=limit, workers=cfg.workers)
     else:
         data = loader(root=cfg.root)
     return vtab_split(

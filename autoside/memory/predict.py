@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from autoside.data import Preprocess, Task
-from autoside.memory.meter import MemoryMeter
+from autoside.memory.meter import MemoryMeter, resolve_tracking
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.train import training_step
@@ -56,7 +56,9 @@ def _peak_of_steps(model: SideNet, task: Task, recipe: Recipe, batch: int, devic
     if len(images) < batch:  # a dataset smaller than the batch: repeat it
         reps = -(-batch // len(images))
         images, labels = images.repeat(reps, *[1] * (images.ndim - 1))[:batch], labels.repeat(reps)[:batch]
-    meter = MemoryMeter(device)
+    # Every dry step is tracked (on CUDA only if asked: the allocator peak is the meter there).
+    tracking = "off" if resolve_tracking(recipe.memory_tracking, device) == "off" else "all"
+    meter = MemoryMeter(device, tracking=tracking)
     model.train()
     with meter:
         meter.register_model(model)

@@ -322,7 +322,7 @@ class DriverPredictor:
         from autoside.train import build_model
 
         recipe = self.state.recipe
-        self.task = self.task or load_task(recipe.dataset)
+        self.task = self.task or load_task(recipe.dataset, image_size=recipe.image_size)
         model = build_model(recipe, self.task.num_classes, self.state.space.config_from_params(params))
         return predict_peak_memory(model, self.task, recipe, device="cpu").predicted_bytes
 

@@ -80,11 +80,11 @@ def result_record(
 
 
 @lru_cache(maxsize=4)
-def _task(dataset_json: str):  # noqa: ANN202 - cached per worker process: every trial reads the same data
+def _task(dataset_json: str, image_size: int | None):  # noqa: ANN202 - cached per worker: every trial reads it
     from autoside.config import from_dict
     from autoside.data import DatasetConfig, load_task
 
-    return load_task(from_dict(DatasetConfig, json.loads(dataset_json)))
+    return load_task(from_dict(DatasetConfig, json.loads(dataset_json)), image_size=image_size)
 
 
 def final_report(status: str, metrics: dict[str, Any], budget_bytes: int | None, **extra: Any) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     status, metrics, extra, export_dir = "ok", {}, {}, None
     model = None
     try:
-        task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str))
+        task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str), recipe.image_size)
         device = resolve_device(recipe.device)
         model = build_model(recipe, task.num_classes, side_config)
         metrics["trainable_params"] = model.num_trainable()
