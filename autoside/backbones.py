@@ -160,6 +160,24 @@ class Backbone(nn.Module):
             fmt = "NHWC"
         return self.model.forward_intermediates(x, indices=indices, intermediates_only=True, output_fmt=fmt, **kwargs)
 
+    def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Named frozen features, without autograd: ``pooled`` (the classifier's input) and ``tokens:i`` (block
+        ``i``'s output tokens, prefix tokens first). Families read features by these names, so the feature cache can
+        store each one once and share it between every family and trial that reads it."""
+        out: dict[str, torch.Tensor] = {}
+        blocks = sorted(int(n.split(":", 1)[1]) for n in names if n.startswith("tokens:"))
+        unknown = [n for n in names if n != "pooled" and not n.startswith("tokens:")]
+        if unknown:
+            raise ValueError(f"unknown backbone taps {unknown}: expected 'pooled' or 'tokens:<block>'")
+        with torch.no_grad():
+            if "pooled" in names:
+                out["pooled"] = self(x)
+            if blocks:
+                taps = self.intermediates(x, indices=blocks, return_prefix_tokens=True)
+                for i, (patches, prefix) in zip(blocks, taps):
+                    out[f"tokens:{i}"] = torch.cat([prefix, patches], dim=1) if prefix.shape[1] else patches
+        return out
+
 
 def _layout(model: nn.Module) -> Layout:
     cls = type(model).__name__.lower()

@@ -54,6 +54,9 @@ class Recipe:
     threads: int | None = None
     memory_tracking: str = "auto"
     augment: bool = False
+    feature_cache: bool = True
+    cache_dir: str | None = None
+    cache_dtype: Literal["float16", "float32"] = "float16"
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}

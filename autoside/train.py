@@ -11,7 +11,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
     memory_tracked_steps: int = 0
     steps: int = 0
+    feature_cache: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,7 @@ def evaluate(
     model.eval()
     correct = 0
     for images, labels in split.batches(batch_size):
-        x = preprocess(images.to(device))
+        x = preprocess(images)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         correct += (logits.argmax(-1).cpu() == labels).sum().item()
@@ -101,7 +102,7 @@ def training_step(
     label_smoothing: float,
 ) -> float:
     """One optimisation step (the same one the memory predictor's dry steps take); returns the loss."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -122,12 +123,14 @@ def train_model(
     report: Reporter | None = None,
     progress: bool = False,
     meter: MemoryMeter | None = None,
+    preprocess: torch.nn.Module | None = None,
 ) -> TrialResult:
     """Train ``model`` on ``task.train`` under ``recipe``; ``report(epoch, metrics)`` is called after each epoch
-    (a search uses it for early stopping and tracking, and may raise to stop the trial)."""
+    (a search uses it for early stopping and tracking, and may raise to stop the trial). ``preprocess`` maps a
+    split's batches to model inputs (default: images to the backbone's input; stored features for a cached run)."""
     torch.manual_seed(recipe.seed)
     model.to(device)
-    preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
+    preprocess = preprocess or Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
     amp = recipe.amp and device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
@@ -151,10 +154,8 @@ def train_model(
                         step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
                     )
                 inputs = (order, images, labels)  # alive across steps: what a sampled meter registers
-                with meter.train_step(
-                    tuple(images.shape), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs
-                ):
-                    x = preprocess(images.to(device))
+                with meter.train_step((len(labels),), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs):
+                    x = preprocess(images)
                     loss = training_step(
                         model, augment(x), labels.to(device), optimizer, amp=amp, label_smoothing=recipe.label_smoothing
                     )
@@ -246,14 +247,20 @@ def run_trial(
     report: Reporter | None = None,
     progress: bool = False,
 ) -> tuple[TrialResult, SideNet]:
-    """Build and train one side network from a recipe; returns the result and the trained model."""
+    """Build and train one side network from a recipe (on cached backbone features where that is exact); returns
+    the result and the trained model."""
+    from autoside.cache import use_cache
+
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     device = resolve_device(recipe.device)
     task = task or load_task(recipe.dataset, image_size=recipe.image_size)
     model = build_model(recipe, task.num_classes, config)
-    result = train_model(model, task, recipe, device=device, report=report, progress=progress)
-    return result, model
+    trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
+    result = train_model(
+        trained, inputs, recipe, device=device, report=report, progress=progress, preprocess=preprocess
+    )
+    return replace(result, feature_cache=asdict(cache)), model
 
 
 def machine_info() -> dict[str, str]:

@@ -256,7 +256,7 @@ class MemoryMeter:
     ) -> Iterator[bool]:
         """One training step: tracked if the policy picks it (yields whether it did). The step's batch must be
         created inside the block; ``inputs`` are tensors made before it that a fully tracked loop would count (the
-        epoch's sample order)."""
+        epoch's sample order, the batch; nested lists and dicts are walked)."""
         track = self.policy.wants(tuple(shape), epoch)
         if self._whole_block or not track:  # already watching the whole block, or an untracked step
             if track:
@@ -270,7 +270,7 @@ class MemoryMeter:
             self.tracker.register_state([*model.parameters(), *model.buffers()])
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-            self.tracker.register([*grads, *state, *inputs])
+            self.tracker.register([*grads, *state, *tree_flatten(list(inputs))[0]])
             del grads, state  # holding them here would keep the old gradients alive past zero_grad
             self.step()
             yield True

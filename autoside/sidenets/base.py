@@ -47,11 +47,25 @@ class SideNet(nn.Module):
     """A side network and the backbone it sits beside; ``forward`` maps images to logits.
 
     Subclasses set ``writes_back`` when they change the backbone's forward pass (DTL, CST): those need gradients
-    through later frozen blocks and cannot use cached backbone features.
+    through later frozen blocks and cannot use cached backbone features. A family that writes nothing back splits its
+    forward into ``side(backbone.taps(x, feature_taps()))``: the features it reads, by name, and the trainable part.
+    Those families are :attr:`cacheable`: a search computes their features once (:mod:`autoside.cache`).
     """
 
     config_class: ClassVar[type[SideConfig]] = SideConfig
     writes_back: ClassVar[bool] = False
+
+    def feature_taps(self) -> tuple[str, ...] | None:
+        """The frozen features :meth:`side` reads (names of :meth:`Backbone.taps`); ``None``: not split."""
+        return None
+
+    def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from the frozen features named by :meth:`feature_taps` (the only trainable computation)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its forward into features and side")
+
+    @property
+    def cacheable(self) -> bool:
+        return not self.writes_back and self.backbone.frozen and self.feature_taps() is not None
 
     def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()

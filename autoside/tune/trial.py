@@ -122,6 +122,7 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
     """Steps 1-4 of the module docstring; returns the record written to ``result.json``."""
     import torch
 
+    from autoside.cache import use_cache
     from autoside.memory.meter import MemoryBudgetExceeded
     from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
@@ -156,8 +157,12 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
         device = resolve_device(recipe.device)
         model = build_model(recipe, task.num_classes, side_config)
         metrics["trainable_params"] = model.num_trainable()
+        trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
+        extra["feature_cache"] = asdict(cache)
+        tracking.log_metrics(run.client, run.run_id, cache.metrics())
+        tracking.set_tags(run.client, run.run_id, {"feature_cache": f"{cache.status} {cache.reason}".strip()[:5000]})
         if ctx.budget_bytes is not None:
-            prediction = predict_peak_memory(model, task, recipe, device=device)
+            prediction = predict_peak_memory(trained, inputs, recipe, device=device, preprocess=preprocess)
             extra["memory_prediction"] = prediction.to_dict()
             tracking.log_metrics(
                 run.client,
@@ -172,8 +177,8 @@ def execute_trial(ctx: TrialContext, number: int, params: dict[str, Any], *, rep
             if report is not None and epoch < recipe.epochs:  # the last epoch arrives with the final result
                 report({**epoch_metrics, "trial_number": number, "mlflow_run_id": run.run_id})
 
-        result = train_model(model, task, recipe, device=device, report=on_epoch)
-        metrics = result.to_dict()
+        result = train_model(trained, inputs, recipe, device=device, report=on_epoch, preprocess=preprocess)
+        metrics = replace(result, feature_cache=asdict(cache)).to_dict()
         from autoside.export.save import save_pretrained
 
         export_dir = save_pretrained(

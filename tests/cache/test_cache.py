@@ -1,0 +1,145 @@
+"""The feature cache: exact where it applies, never reads a partial entry, shared by concurrent builders."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from autoside.cache import FeatureStore, use_cache
+from autoside.data import Split, Task
+from autoside.recipe import Recipe
+from autoside.sidenets import create_sidenet
+from autoside.testing import tiny_backbone
+from autoside.train import train_model
+
+CPU = torch.device("cpu")
+
+
+def _task(n: int = 12, size: int = 32) -> Task:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    split = Split(images, torch.arange(n) % 3)
+    return Task(
+        "random", ("a", "b", "c"), split, Split(images[:6], split.labels[:6]), Split(images[6:], split.labels[6:])
+    )
+
+
+def _net(family: str, **kwargs):  # noqa: ANN202
+    torch.manual_seed(0)
+    return create_sidenet(family, tiny_backbone("vit"), num_classes=3, **kwargs)
+
+
+def _recipe(tmp_path, **changes) -> Recipe:  # noqa: ANN001
+    base = Recipe(epochs=2, batch_size=4, eval_batch_size=5, warmup_epochs=0.5, amp=False, lr=0.01)
+    return replace(base, cache_dir=str(tmp_path / "cache"), **changes)
+
+
+def _train(net, task, recipe):  # noqa: ANN001, ANN202
+    model, inputs, preprocess, info = use_cache(net, task, recipe, device=CPU)
+    return train_model(model, inputs, recipe, device=CPU, preprocess=preprocess), info
+
+
+@pytest.mark.parametrize("family", ["linear", "losa"])
+def test_fp32_cache_gives_the_uncached_losses(tmp_path, family):
+    recipe = _recipe(tmp_path, cache_dtype="float32")
+    task = _task()
+    plain, info = _train(_net(family, dropout=0.1), task, replace(recipe, feature_cache=False))
+    assert info.status == "bypassed"
+    built, info = _train(_net(family, dropout=0.1), task, recipe)
+    assert info.status == "built" and info.built > 0 and info.hits == 0
+    hit, info = _train(_net(family, dropout=0.1), task, recipe)
+    assert info.status == "hit" and info.built == 0 and info.hits > 0
+    for cached in (built, hit):
+        for a, b in zip(plain.history, cached.history, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+            assert a["val_accuracy"] == b["val_accuracy"]
+        assert cached.test_accuracy == plain.test_accuracy
+    # The backbone takes no part in a cached trial's training, so its weights are not in the measured peak.
+    backbone_bytes = sum(p.numel() * p.element_size() for p in _net(family).backbone.parameters())
+    assert hit.peak_memory_bytes <= plain.peak_memory_bytes - backbone_bytes
+
+
+def test_fp16_is_the_default_and_half_the_size(tmp_path):
+    task = _task()
+    sizes = {}
+    for dtype in ("float16", "float32"):
+        recipe = _recipe(tmp_path, cache_dtype=dtype) if dtype == "float32" else _recipe(tmp_path)
+        _, info = _train(_net("linear"), task, recipe)
+        sizes[dtype] = info.bytes
+    assert Recipe().cache_dtype == "float16" and sizes["float16"] * 2 == sizes["float32"]
+
+
+def test_writing_families_and_augmentation_bypass_the_cache_with_a_reason(tmp_path):
+    _, _, _, info = use_cache(_net("dtl"), _task(), _recipe(tmp_path), device=CPU)
+    assert info.status == "bypassed" and "writes back" in info.reason
+    _, _, _, info = use_cache(_net("linear"), _task(), _recipe(tmp_path, augment=True), device=CPU)
+    assert info.status == "bypassed" and "augmentation" in info.reason
+
+
+def test_unusable_cache_folder_falls_back_to_computing(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    recipe = replace(_recipe(tmp_path), cache_dir=str(tmp_path / "file" / "cache"))
+    result, info = _train(_net("linear"), _task(), recipe)
+    assert info.status == "bypassed" and "cannot be used" in info.reason
+    assert len(result.history) == 2
+
+
+def test_half_written_and_corrupt_entries_are_rebuilt_never_read(tmp_path):
+    recipe, task = _recipe(tmp_path), _task()
+    _train(_net("linear"), task, recipe)
+    store = FeatureStore(recipe.cache_dir)
+    rows = store.entries()
+    assert len(rows) == 3 and all(not r.get("incomplete") for r in rows)  # train, val, test of one tap
+    # A process killed between writing the array and its metadata leaves an array alone: not an entry.
+    (store.root / f"{rows[0]['digest']}.json").unlink()
+    # A flipped byte in another entry: the checksum catches it (checked once per process, so forget that it was).
+    from autoside.cache import store as store_module
+
+    store_module._VERIFIED.clear()
+    data = store.root / f"{rows[1]['digest']}.npy"
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert any(r.get("incomplete") for r in store.entries())
+    _, info = _train(_net("linear"), task, recipe)
+    assert info.status == "built" and info.built == 2 and info.hits == 1
+    rows = store.entries()
+    assert len(rows) == 3 and all(not r.get("incomplete") for r in rows)
+    assert np.isfinite(np.load(data, mmap_mode="r")).all()
+
+
+def test_two_builders_at_once_compute_each_entry_once(tmp_path):
+    recipe, task = _recipe(tmp_path), _task()
+    infos = []
+    nets = [_net("losa"), _net("losa")]
+    threads = [
+        threading.Thread(target=lambda net=net: infos.append(use_cache(net, task, recipe, device=CPU)[3]))
+        for net in nets
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(i.built for i in infos)[0] == 0, "the second builder waited and read what the first stored"
+    assert sum(i.built for i in infos) == len(FeatureStore(recipe.cache_dir).entries())
+
+
+def test_cache_cli_lists_and_removes(tmp_path, capsys):
+    from autoside.cli.main import main
+
+    recipe = _recipe(tmp_path)
+    _train(_net("linear"), _task(), recipe)
+    assert main(["cache", "ls", "--cache-dir", recipe.cache_dir]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries" in out and "pooled float16" in out
+    digest = FeatureStore(recipe.cache_dir).entries()[0]["digest"]
+    assert main(["cache", "rm", digest, "--cache-dir", recipe.cache_dir]) == 0
+    assert len(FeatureStore(recipe.cache_dir).entries()) == 2
+    assert main(["cache", "rm", "nope", "--cache-dir", recipe.cache_dir]) == 2
+    assert "no entry 'nope'" in capsys.readouterr().err
+    assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
+    assert FeatureStore(recipe.cache_dir).entries() == []
