@@ -160,6 +160,11 @@ class Backbone(nn.Module):
             fmt = "NHWC"
         return self.model.forward_intermediates(x, indices=indices, intermediates_only=True, output_fmt=fmt, **kwargs)
 
+    def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
+        """``like`` and every other tap of the same kinds (all block outputs when one is asked for)."""
+        blocks = tuple(f"tokens:{i}" for i in range(self.spec.num_taps)) if any(":" in n for n in like) else ()
+        return tuple(dict.fromkeys([*like, *blocks]))
+
     def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Named frozen features, without autograd: ``pooled`` (the classifier's input) and ``tokens:i`` (block
         ``i``'s output tokens, prefix tokens first). Families read features by these names, so the feature cache can
