@@ -162,21 +162,25 @@ class Backbone(nn.Module):
 
     def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
         """``like`` and every other tap of the same kinds (all block outputs when one is asked for)."""
-        blocks = tuple(f"tokens:{i}" for i in range(self.spec.num_taps)) if any(":" in n for n in like) else ()
+        blocks = tuple(f"tokens:{i}" for i in range(self.spec.num_taps)) if any(n != "pooled" for n in like) else ()
         return tuple(dict.fromkeys([*like, *blocks]))
 
     def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Named frozen features, without autograd: ``pooled`` (the classifier's input) and ``tokens:i`` (block
-        ``i``'s output tokens, prefix tokens first). Families read features by these names, so the feature cache can
-        store each one once and share it between every family and trial that reads it."""
+        """Named frozen features, without autograd: ``pooled`` (the classifier's input), ``tokens:i`` (block
+        ``i``'s output tokens, prefix tokens first) and, on a ViT, ``embed`` (the tokens entering block 0). Families
+        read features by these names, so the feature cache can store each one once and share it between every family
+        and trial that reads it."""
         out: dict[str, torch.Tensor] = {}
         blocks = sorted(int(n.split(":", 1)[1]) for n in names if n.startswith("tokens:"))
-        unknown = [n for n in names if n != "pooled" and not n.startswith("tokens:")]
-        if unknown:
-            raise ValueError(f"unknown backbone taps {unknown}: expected 'pooled' or 'tokens:<block>'")
+        unknown = [n for n in names if n not in ("pooled", "embed") and not n.startswith("tokens:")]
+        if unknown or ("embed" in names and self.spec.layout != "vit"):
+            raise ValueError(f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed or tokens:<block>")
         with torch.no_grad():
             if "pooled" in names:
                 out["pooled"] = self(x)
+            if "embed" in names:
+                model = self.model
+                out["embed"] = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
             if blocks:
                 taps = self.intermediates(x, indices=blocks, return_prefix_tokens=True)
                 for i, (patches, prefix) in zip(blocks, taps):

@@ -91,7 +91,7 @@ class SideOnly(nn.Module):
 
     def __init__(self, net: SideNet) -> None:
         super().__init__()
-        self.parts = nn.ModuleDict({n: m for n, m in net.named_children() if n != "backbone"})
+        self.parts = nn.ModuleDict(net.side_modules())
         self.own = nn.ParameterDict(dict(net.named_parameters(recurse=False)))
         object.__setattr__(self, "net", net)  # not a submodule: its backbone is not trained, moved or measured
 
@@ -107,8 +107,8 @@ class SideOnly(nn.Module):
         return self.net.num_trainable(**kwargs)
 
     def train(self, mode: bool = True) -> SideOnly:
-        super().train(mode)
-        self.net.training = mode
+        self.training = mode
+        self.net.train(mode)  # the net's own rules: a frozen backbone's blocks stay in eval mode
         return self
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -156,7 +156,7 @@ def use_cache(
     if not recipe.feature_cache:
         return bypass("turned off (--no-cache / feature_cache: false)")
     if not net.cacheable:
-        return bypass(f"family {net.config.family!r} changes the backbone's forward pass (writes back)")
+        return bypass(f"family {net.config.family!r} reads no image-only features (its side writes back)")
     if recipe.augment:
         return bypass("random training augmentation: inputs differ every epoch")
     amp = recipe.amp and device.type == "cuda"

@@ -43,7 +43,7 @@ def _train(net, task, recipe):  # noqa: ANN001, ANN202
     return train_model(model, inputs, recipe, device=CPU, preprocess=preprocess), info
 
 
-@pytest.mark.parametrize("family", ["linear", "losa"])
+@pytest.mark.parametrize("family", ["linear", "losa", "dtl"])
 def test_fp32_cache_gives_the_uncached_losses(tmp_path, family):
     recipe = _recipe(tmp_path, cache_dtype="float32")
     task = _task()
@@ -58,9 +58,11 @@ def test_fp32_cache_gives_the_uncached_losses(tmp_path, family):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
             assert a["val_accuracy"] == b["val_accuracy"]
         assert cached.test_accuracy == plain.test_accuracy
-    # The backbone takes no part in a cached trial's training, so its weights are not in the measured peak.
-    backbone_bytes = sum(p.numel() * p.element_size() for p in _net(family).backbone.parameters())
-    assert hit.peak_memory_bytes <= plain.peak_memory_bytes - backbone_bytes
+    # The frozen part a cached trial skips (all of the backbone, or DTL's blocks before M) is not in its measured peak.
+    net = _net(family)
+    side = {id(p) for m in net.side_modules().values() for p in m.parameters()}
+    skipped = sum(p.numel() * p.element_size() for p in net.backbone.parameters() if id(p) not in side)
+    assert skipped > 0 and hit.peak_memory_bytes <= plain.peak_memory_bytes - skipped
 
 
 def test_fp16_is_the_default_and_half_the_size(tmp_path):
@@ -74,7 +76,7 @@ def test_fp16_is_the_default_and_half_the_size(tmp_path):
 
 
 def test_writing_families_and_augmentation_bypass_the_cache_with_a_reason(tmp_path):
-    _, _, _, info = use_cache(_net("dtl"), _task(), _recipe(tmp_path), device=CPU)
+    _, _, _, info = use_cache(_net("full"), _task(), _recipe(tmp_path), device=CPU)
     assert info.status == "bypassed" and "writes back" in info.reason
     _, _, _, info = use_cache(_net("linear"), _task(), _recipe(tmp_path, augment=True), device=CPU)
     assert info.status == "bypassed" and "augmentation" in info.reason
@@ -144,3 +146,18 @@ def test_cache_cli_lists_and_removes(tmp_path, capsys):
     assert "no entry 'nope'" in capsys.readouterr().err
     assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
     assert FeatureStore(recipe.cache_dir).entries() == []
+
+
+@pytest.mark.parametrize("options", [{}, {"merge_from": 1, "kernel_size": 3}, {"merge_from": 12, "first_tap": 3}])
+def test_dtl_on_stored_features_gives_the_uncached_logits(options):
+    net = _net("dtl", **options).train()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    feats = net.backbone.taps(x, net.feature_taps())
+    assert net.merge_from and f"tokens:{net.merge_from - 1}" in feats
+    torch.testing.assert_close(net.side(feats), net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_dtl_with_stochastic_depth_or_on_swin_is_not_cacheable():
+    assert not _net("dtl", drop_path=0.1).cacheable
+    torch.manual_seed(0)
+    assert not create_sidenet("dtl", tiny_backbone("swin"), num_classes=3).cacheable
