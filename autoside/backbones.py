@@ -161,9 +161,12 @@ class Backbone(nn.Module):
         return self.model.forward_intermediates(x, indices=indices, intermediates_only=True, output_fmt=fmt, **kwargs)
 
     def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
-        """``like`` and every other tap of the same kinds (all block outputs when one is asked for)."""
-        blocks = tuple(f"tokens:{i}" for i in range(self.spec.num_taps)) if any(n != "pooled" for n in like) else ()
-        return tuple(dict.fromkeys([*like, *blocks]))
+        """``like`` and what the same backbone pass gives almost for free: when any block is read, every block
+        output (and on a ViT the embedded tokens and the pooled features too)."""
+        if all(n == "pooled" for n in like):
+            return like
+        extra = ("pooled", "embed") if self.spec.layout == "vit" else ()
+        return tuple(dict.fromkeys([*like, *extra, *(f"tokens:{i}" for i in range(self.spec.num_taps))]))
 
     def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Named frozen features, without autograd: ``pooled`` (the classifier's input), ``tokens:i`` (block
@@ -175,8 +178,11 @@ class Backbone(nn.Module):
         unknown = [n for n in names if n not in ("pooled", "embed") and not n.startswith("tokens:")]
         if unknown or ("embed" in names and self.spec.layout != "vit"):
             raise ValueError(f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed or tokens:<block>")
+        last = f"tokens:{self.spec.num_taps - 1}"
+        if self.spec.layout == "vit" and "pooled" in names and last not in names:
+            blocks.append(self.spec.num_taps - 1)  # a ViT's pooled features come from its last block's tokens
         with torch.no_grad():
-            if "pooled" in names:
+            if "pooled" in names and self.spec.layout != "vit":
                 out["pooled"] = self(x)
             if "embed" in names:
                 model = self.model
@@ -185,7 +191,10 @@ class Backbone(nn.Module):
                 taps = self.intermediates(x, indices=blocks, return_prefix_tokens=True)
                 for i, (patches, prefix) in zip(blocks, taps):
                     out[f"tokens:{i}"] = torch.cat([prefix, patches], dim=1) if prefix.shape[1] else patches
-        return out
+            if "pooled" in names and self.spec.layout == "vit":
+                # forward_features ends with the final norm after the last block; forward_head pools it.
+                out["pooled"] = self.model.forward_head(self.model.norm(out[last]), pre_logits=True)
+        return {name: out[name] for name in names}
 
 
 def _layout(model: nn.Module) -> Layout:

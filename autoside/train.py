@@ -159,7 +159,7 @@ def train_model(
                     loss = training_step(
                         model, augment(x), labels.to(device), optimizer, amp=amp, label_smoothing=recipe.label_smoothing
                     )
-                    del x
+                    del x  # freed within the step, so a tracked and an untracked step leave the same behind
                 epoch_loss += loss
                 seen += len(labels)
                 step += 1

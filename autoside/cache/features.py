@@ -27,6 +27,7 @@ from autoside.cache.store import CACHE_VERSION, CacheUnavailable, FeatureStore
 from autoside.data import Preprocess, Task
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
+from autoside.units import parse_bytes
 
 log = logging.getLogger("autoside.cache")
 SPLITS = ("train", "val", "test")
@@ -56,9 +57,10 @@ class CacheInfo:
 
 @dataclass(frozen=True)
 class FeatureSplit:
-    """Stored features of one split, memory-mapped; batches are copied out in the order asked for."""
+    """Stored features of one split: tensors in RAM when they fit (like small image sets), else memory-mapped
+    arrays read batch by batch; batches come out in the order asked for."""
 
-    feats: dict[str, np.ndarray]
+    feats: dict[str, torch.Tensor | np.ndarray]
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -67,11 +69,13 @@ class FeatureSplit:
     def batches(self, batch_size: int, order: torch.Tensor | None = None):  # noqa: ANN201 - like Split.batches
         order = torch.arange(len(self)) if order is None else order
         for idx in order.split(batch_size):
-            rows = idx.numpy()
-            yield (
-                {name: torch.from_numpy(np.ascontiguousarray(a[rows])) for name, a in self.feats.items()},
-                self.labels[idx],
-            )
+            yield {name: _rows(a, idx) for name, a in self.feats.items()}, self.labels[idx]
+
+
+def _rows(array: torch.Tensor | np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array[idx]
+    return torch.from_numpy(np.ascontiguousarray(array[idx.numpy()]))
 
 
 class FeatureInputs(nn.Module):
@@ -156,7 +160,10 @@ def use_cache(
     if not recipe.feature_cache:
         return bypass("turned off (--no-cache / feature_cache: false)")
     if not net.cacheable:
-        return bypass(f"family {net.config.family!r} reads no image-only features (its side writes back)")
+        return bypass(
+            f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
+            "the backbone from the start, trains it, or makes its frozen blocks random, e.g. with stochastic depth)"
+        )
     if recipe.augment:
         return bypass("random training augmentation: inputs differ every epoch")
     amp = recipe.amp and device.type == "cuda"
@@ -191,6 +198,12 @@ def use_cache(
             info.hits += len(taps) - len(missing)
             info.bytes += sum(a.nbytes for a in feats.values())
             splits[split_name] = FeatureSplit(feats, split.labels)
+        limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
+        if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
+            for name, split in splits.items():
+                splits[name] = FeatureSplit(
+                    {k: torch.from_numpy(np.array(a)) for k, a in split.feats.items()}, split.labels
+                )
     except CacheUnavailable as exc:
         return bypass(str(exc))
     info.status = "built" if info.built else "hit"

@@ -126,8 +126,9 @@ def test_two_builders_at_once_compute_each_entry_once(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    # Each (split, tap) was computed by one of them; the other waited on the lock and read it.
-    assert sum(i.built for i in infos) == len(FeatureStore(recipe.cache_dir).entries()) == 3 * 12
+    # Each (split, tap) was computed by one of them (the 12 block outputs LoSA reads, plus the embedded tokens and the
+    # pooled features of the same pass); the other waited on the lock and read the 12 it needs.
+    assert sum(i.built for i in infos) == len(FeatureStore(recipe.cache_dir).entries()) == 3 * 14
     assert sum(i.hits for i in infos) == 3 * 12
 
 
