@@ -10,22 +10,17 @@ import pytest
 import torch
 
 from autoside.cache import FeatureStore, use_cache
-from autoside.data import Split, Task
+from autoside.data import Task
 from autoside.recipe import Recipe
 from autoside.sidenets import create_sidenet
-from autoside.testing import tiny_backbone
+from autoside.testing import random_task, tiny_backbone
 from autoside.train import train_model
 
 CPU = torch.device("cpu")
 
 
-def _task(n: int = 12, size: int = 32) -> Task:
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
-    split = Split(images, torch.arange(n) % 3)
-    return Task(
-        "random", ("a", "b", "c"), split, Split(images[:6], split.labels[:6]), Split(images[6:], split.labels[6:])
-    )
+def _task() -> Task:
+    return random_task(32)
 
 
 def _net(family: str, **kwargs):  # noqa: ANN202
@@ -130,23 +125,6 @@ def test_two_builders_at_once_compute_each_entry_once(tmp_path):
     # pooled features of the same pass); the other waited on the lock and read the 12 it needs.
     assert sum(i.built for i in infos) == len(FeatureStore(recipe.cache_dir).entries()) == 3 * 14
     assert sum(i.hits for i in infos) == 3 * 12
-
-
-def test_cache_cli_lists_and_removes(tmp_path, capsys):
-    from autoside.cli.main import main
-
-    recipe = _recipe(tmp_path)
-    _train(_net("linear"), _task(), recipe)
-    assert main(["cache", "ls", "--cache-dir", recipe.cache_dir]) == 0
-    out = capsys.readouterr().out
-    assert "3 entries" in out and "pooled float16" in out
-    digest = FeatureStore(recipe.cache_dir).entries()[0]["digest"]
-    assert main(["cache", "rm", digest, "--cache-dir", recipe.cache_dir]) == 0
-    assert len(FeatureStore(recipe.cache_dir).entries()) == 2
-    assert main(["cache", "rm", "nope", "--cache-dir", recipe.cache_dir]) == 2
-    assert "no entry 'nope'" in capsys.readouterr().err
-    assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
-    assert FeatureStore(recipe.cache_dir).entries() == []
 
 
 @pytest.mark.parametrize("options", [{}, {"merge_from": 1, "kernel_size": 3}, {"merge_from": 12, "first_tap": 3}])

@@ -5,19 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoside.data import Split, Task
 from autoside.errors import ConfigError
 from autoside.memory.meter import MemoryMeter, TrackingPolicy, resolve_tracking
 from autoside.recipe import Recipe
 from autoside.sidenets import create_sidenet, list_families
-from autoside.testing import tiny_backbone
+from autoside.testing import random_task, tiny_backbone
 from autoside.train import train_model
-
-
-def _task(size: int, n: int = 10) -> Task:
-    gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen), torch.arange(n) % 3)
-    return Task("random", ("a", "b", "c"), split, split, split)
 
 
 def _build(family: str):
@@ -38,7 +31,7 @@ def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
     reports = {}
     for tracking in ("all", "sampled"):
         model = _build(family)
-        task = _task(model.backbone.spec.image_size)
+        task = random_task(model.backbone.spec.image_size, n=10)
         meter = MemoryMeter("cpu", tracking=tracking)
         result = train_model(model, task, recipe, device=torch.device("cpu"), meter=meter)
         reports[tracking] = (meter.report(), result)
@@ -76,4 +69,4 @@ def test_sampled_meter_enforces_the_budget() -> None:
     model = _build("linear")
     recipe = Recipe(epochs=1, batch_size=4, warmup_epochs=0.5, amp=False, memory_budget=1000)
     with pytest.raises(MemoryBudgetExceeded):
-        train_model(model, _task(model.backbone.spec.image_size), recipe, device=torch.device("cpu"))
+        train_model(model, random_task(model.backbone.spec.image_size), recipe, device=torch.device("cpu"))
