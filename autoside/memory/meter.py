@@ -20,10 +20,12 @@ On CPU the tracker enforces the budget: the operator that takes live bytes over 
 
 **Sampled tracking.** A Python hook on every operator costs more than the training it watches (x1.5-1.9 on CPU), so
 the training loop tracks only the steps that can set a new peak (:class:`TrackingPolicy`): the first
-``warmup_steps`` steps (the optimizer state appears at the first, the gradients of a previous step coexist with the
-activations from the second on), every step whose input shape was not seen before (the last partial batch), and one
-sampled step per epoch; the other steps run untracked. Steps of one shape after the warm-up allocate the same storages
-in the same order, so the sampled peak equals the fully tracked peak exactly (``tests/memory/test_sampled.py``).
+``warmup_steps`` (2) steps of every epoch (the optimizer state appears at the trial's first step, the gradients of a
+previous step coexist with the activations from the second on; a trainer that changes what trains at an epoch
+boundary, such as a distillation warm-up ending, gets its new state measured the same way) and every step whose input
+shape was not seen before (the last partial batch); the other steps run untracked. Steps of one shape after the
+warm-up allocate the same storages in the same order, so the sampled peak equals the fully tracked peak exactly
+(``tests/memory/test_sampled.py``).
 Storages created by a tracked step and still alive stay counted (their entries free themselves through weak
 references); what an untracked step leaves behind (this step's gradients) is registered when tracking resumes. On
 CUDA the allocator peak alone is the default: the tracker runs only on request (``memory_tracking: sampled|all``).
@@ -159,19 +161,21 @@ class TrackingPolicy:
     steps: int = 0
     tracked: int = 0
     _shapes: set[tuple[int, ...]] = field(default_factory=set)
-    _epoch_sampled: int = -1
+    _epoch: int = -1
+    _in_epoch: int = 0
 
     def wants(self, shape: tuple[int, ...], epoch: int) -> bool:
         """Decide for the next step (call once per step, in order)."""
         new_shape = shape not in self._shapes
         self._shapes.add(shape)
-        index, self.steps = self.steps, self.steps + 1
+        if epoch != self._epoch:
+            self._epoch, self._in_epoch = epoch, 0
+        index, self._in_epoch = self._in_epoch, self._in_epoch + 1
+        self.steps += 1
         if self.mode == "off":
             return False
-        track = self.mode == "all" or index < self.warmup_steps or new_shape or epoch != self._epoch_sampled
-        if track:
-            self._epoch_sampled = epoch
-            self.tracked += 1
+        track = self.mode == "all" or index < self.warmup_steps or new_shape
+        self.tracked += track
         return track
 
 

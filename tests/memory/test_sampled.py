@@ -25,19 +25,19 @@ def _build(family: str):
 
 @pytest.mark.parametrize("family", list_families())
 def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
-    # 10 images in batches of 4: two full steps and a partial one per epoch, three epochs, so tracking resumes after
-    # untracked steps (epoch 3 starts after two of them) and the partial batch is a new shape.
+    # 14 images in batches of 4: three full steps and a partial one per epoch, three epochs, so tracking resumes after
+    # untracked steps and the partial batch is a new shape.
     recipe = Recipe(epochs=3, batch_size=4, eval_batch_size=10, warmup_epochs=0.5, amp=False)
     reports = {}
     for tracking in ("all", "sampled"):
         model = _build(family)
-        task = random_task(model.backbone.spec.image_size, n=10)
+        task = random_task(model.backbone.spec.image_size, n=14)
         meter = MemoryMeter("cpu", tracking=tracking)
         result = train_model(model, task, recipe, device=torch.device("cpu"), meter=meter)
         reports[tracking] = (meter.report(), result)
     full, sampled = reports["all"][0], reports["sampled"][0]
-    assert full.tracked_steps == full.steps == 9
-    assert sampled.tracked_steps == 5 and sampled.steps == 9, "2 warm-up + 1 partial batch + 1 per later epoch"
+    assert full.tracked_steps == full.steps == 12
+    assert sampled.tracked_steps == 7 and sampled.steps == 12, "first 2 steps of each epoch + the first partial batch"
     assert sampled.peak_memory_bytes == full.peak_memory_bytes
     assert sampled.saved_activation_bytes == full.saved_activation_bytes
     # Tracking never changes training itself.
@@ -46,11 +46,13 @@ def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
     ]
 
 
-def test_policy_tracks_warmup_new_shapes_and_one_step_per_epoch() -> None:
+def test_policy_tracks_the_first_steps_of_each_epoch_and_new_shapes() -> None:
     policy = TrackingPolicy("sampled", warmup_steps=2)
-    shapes = [(4,), (4,), (4,), (2,)]
+    shapes = [(4,), (4,), (4,), (4,), (2,)]
     picked = [[policy.wants(shape, epoch) for shape in shapes] for epoch in range(3)]
-    assert picked == [[True, True, False, True], [True, False, False, False], [True, False, False, False]]
+    later = [True, True, False, False, False]
+    assert picked == [[True, True, False, False, True], later, later]
+    assert (policy.tracked, policy.steps) == (7, 15)
 
 
 def test_tracking_modes_resolve_per_device() -> None:
