@@ -160,6 +160,42 @@ class Backbone(nn.Module):
             fmt = "NHWC"
         return self.model.forward_intermediates(x, indices=indices, intermediates_only=True, output_fmt=fmt, **kwargs)
 
+    def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
+        """``like`` and what the same backbone pass gives almost for free: when any block is read, every block
+        output (and on a ViT the embedded tokens and the pooled features too)."""
+        if all(n == "pooled" for n in like):
+            return like
+        extra = ("pooled", "embed") if self.spec.layout == "vit" else ()
+        return tuple(dict.fromkeys([*like, *extra, *(f"tokens:{i}" for i in range(self.spec.num_taps))]))
+
+    def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Named frozen features, without autograd: ``pooled`` (the classifier's input), ``tokens:i`` (block
+        ``i``'s output tokens, prefix tokens first) and, on a ViT, ``embed`` (the tokens entering block 0). Families
+        read features by these names, so the feature cache can store each one once and share it between every family
+        and trial that reads it."""
+        out: dict[str, torch.Tensor] = {}
+        blocks = sorted(int(n.split(":", 1)[1]) for n in names if n.startswith("tokens:"))
+        unknown = [n for n in names if n not in ("pooled", "embed") and not n.startswith("tokens:")]
+        if unknown or ("embed" in names and self.spec.layout != "vit"):
+            raise ValueError(f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed or tokens:<block>")
+        last = f"tokens:{self.spec.num_taps - 1}"
+        if self.spec.layout == "vit" and "pooled" in names and last not in names:
+            blocks.append(self.spec.num_taps - 1)  # a ViT's pooled features come from its last block's tokens
+        with torch.no_grad():
+            if "pooled" in names and self.spec.layout != "vit":
+                out["pooled"] = self(x)
+            if "embed" in names:
+                model = self.model
+                out["embed"] = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+            if blocks:
+                taps = self.intermediates(x, indices=blocks, return_prefix_tokens=True)
+                for i, (patches, prefix) in zip(blocks, taps):
+                    out[f"tokens:{i}"] = torch.cat([prefix, patches], dim=1) if prefix.shape[1] else patches
+            if "pooled" in names and self.spec.layout == "vit":
+                # forward_features ends with the final norm after the last block; forward_head pools it.
+                out["pooled"] = self.model.forward_head(self.model.norm(out[last]), pre_logits=True)
+        return {name: out[name] for name in names}
+
 
 def _layout(model: nn.Module) -> Layout:
     cls = type(model).__name__.lower()

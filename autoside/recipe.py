@@ -12,6 +12,7 @@ from typing import Any, Literal
 from autoside.config import from_dict, load_yaml, set_dotted, to_dict
 from autoside.data import DatasetConfig
 from autoside.errors import ConfigError
+from autoside.memory.meter import TRACKING_MODES
 from autoside.units import parse_bytes
 
 
@@ -51,6 +52,11 @@ class Recipe:
     device: str = "auto"
     amp: bool = True
     threads: int | None = None
+    memory_tracking: str = "auto"
+    augment: bool = False
+    feature_cache: bool = True
+    cache_dir: str | None = None
+    cache_dtype: Literal["float16", "float32"] = "float16"
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
@@ -72,6 +78,8 @@ class Recipe:
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
         parse_bytes(self.memory_budget)
+        if self.memory_tracking not in TRACKING_MODES:
+            raise ConfigError(f"memory_tracking: {self.memory_tracking!r} is not one of {', '.join(TRACKING_MODES)}")
 
     @property
     def budget_bytes(self) -> int | None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone, _spec_for, offline_weights
+from autoside.data import Split, Task
 from autoside.sidenets import SideNet, config_from_dict
 
 # Tiny timm models with the block structure of the real ones (12 ViT blocks, Swin-B's 2-2-18-2 stages), so that the
@@ -82,6 +83,21 @@ def random_batch(
     gen = torch.Generator().manual_seed(0)
     shape = (batch_size, 3, size, size) if frames is None else (batch_size, frames, 3, size, size)
     return torch.randn(*shape, generator=gen), torch.randint(0, num_classes, (batch_size,), generator=gen)
+
+
+def random_task(size: int, n: int = 12, num_classes: int = 3) -> Task:
+    """A task of ``n`` random uint8 images (train: all of them; val: the first half; test: the second half)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % num_classes
+    half = n // 2
+    return Task(
+        "random",
+        tuple(str(c) for c in range(num_classes)),
+        Split(images, labels),
+        Split(images[:half], labels[:half]),
+        Split(images[half:], labels[half:]),
+    )
 
 
 def _bn_state(backbone: Backbone) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
+from autoside.data.transforms import RandomResizedCropFlip
 from autoside.errors import ConfigError
 from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
@@ -45,6 +46,9 @@ class TrialResult:
     torch_version: str
     family: str
     history: list[dict[str, float]] = field(default_factory=list)
+    memory_tracked_steps: int = 0
+    steps: int = 0
+    feature_cache: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,11 +84,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, len(split), batch_size):
-        x = preprocess(split.images[start : start + batch_size].to(device))
+    for images, labels in split.batches(batch_size):
+        x = preprocess(images)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        correct += (logits.argmax(-1).cpu() == split.labels[start : start + batch_size]).sum().item()
+        correct += (logits.argmax(-1).cpu() == labels).sum().item()
     model.train(was_training)
     return correct / max(1, len(split))
 
@@ -99,7 +103,7 @@ def training_step(
     label_smoothing: float,
 ) -> float:
     """One optimisation step (the same one the memory predictor's dry steps take); returns the loss."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
         loss = model.training_loss(F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing))
     optimizer.zero_grad(set_to_none=True)
@@ -120,18 +124,21 @@ def train_model(
     report: Reporter | None = None,
     progress: bool = False,
     meter: MemoryMeter | None = None,
+    preprocess: torch.nn.Module | None = None,
 ) -> TrialResult:
     """Train ``model`` on ``task.train`` under ``recipe``; ``report(epoch, metrics)`` is called after each epoch
-    (a search uses it for early stopping and tracking, and may raise to stop the trial)."""
+    (a search uses it for early stopping and tracking, and may raise to stop the trial). ``preprocess`` maps a
+    split's batches to model inputs (default: images to the backbone's input; stored features for a cached run)."""
     check_task(model, task)
     torch.manual_seed(recipe.seed)
     model.to(device)
-    preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
+    preprocess = preprocess or Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
     amp = recipe.amp and device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
     total, warmup = recipe.epochs * steps_per_epoch, int(recipe.warmup_epochs * steps_per_epoch)
-    meter = meter or MemoryMeter(device, budget_bytes=recipe.budget_bytes)
+    augment = RandomResizedCropFlip() if recipe.augment else torch.nn.Identity()
+    meter = meter or MemoryMeter(device, budget_bytes=recipe.budget_bytes, tracking=recipe.memory_tracking)
     order_gen = torch.Generator().manual_seed(recipe.seed)
     history: list[dict[str, float]] = []
     seen, train_time, step = 0, 0.0, 0
@@ -144,25 +151,26 @@ def train_model(
             model.begin_epoch(epoch)
             order = torch.randperm(len(task.train), generator=order_gen)
             epoch_loss, tic = 0.0, time.perf_counter()
-            for i in range(steps_per_epoch):
-                idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-                images, labels = task.train.images[idx].to(device), task.train.labels[idx].to(device)
+            for images, labels in task.train.batches(recipe.batch_size, order):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(
                         step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
                     )
-                meter.step()
-                loss = training_step(
-                    model, preprocess(images), labels, optimizer, amp=amp, label_smoothing=recipe.label_smoothing
-                )
+                inputs = (order, images, labels)  # alive across steps: what a sampled meter registers
+                with meter.train_step((len(labels),), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs):
+                    x = preprocess(images)
+                    loss = training_step(
+                        model, augment(x), labels.to(device), optimizer, amp=amp, label_smoothing=recipe.label_smoothing
+                    )
+                    del x  # freed within the step, so a tracked and an untracked step leave the same behind
                 epoch_loss += loss
-                seen += len(idx)
+                seen += len(labels)
                 step += 1
                 if bar:
                     bar[0].update(bar[1], advance=1, description=f"{model.config.family} epoch {epoch + 1}")
             train_time += time.perf_counter() - tic
             # Evaluation runs outside the meter's budget check: it is not part of training memory.
-            with _paused(meter):
+            with meter.paused():
                 val_acc = evaluate(
                     model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp
                 )
@@ -197,23 +205,9 @@ def train_model(
         torch_version=torch.__version__,
         family=model.config.family,
         history=history,
+        memory_tracked_steps=memory.tracked_steps,
+        steps=memory.steps,
     )
-
-
-class _paused:
-    """Stop the memory tracker during evaluation (eval activations are not training memory)."""
-
-    def __init__(self, meter: MemoryMeter) -> None:
-        self.meter = meter
-
-    def __enter__(self) -> None:
-        from torch.utils._python_dispatch import _pop_mode_temporarily
-
-        self._ctx = _pop_mode_temporarily()
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def _progress(enabled: bool, total: int, label: str):
@@ -265,14 +259,20 @@ def run_trial(
     report: Reporter | None = None,
     progress: bool = False,
 ) -> tuple[TrialResult, SideNet]:
-    """Build and train one side network from a recipe; returns the result and the trained model."""
+    """Build and train one side network from a recipe (on cached backbone features where that is exact); returns
+    the result and the trained model."""
+    from autoside.cache import use_cache
+
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     device = resolve_device(recipe.device)
-    task = task or load_task(recipe.dataset)
+    task = task or load_task(recipe.dataset, image_size=recipe.image_size)
     model = build_model(recipe, task.num_classes, config)
-    result = train_model(model, task, recipe, device=device, report=report, progress=progress)
-    return result, model
+    trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
+    result = train_model(
+        trained, inputs, recipe, device=device, report=report, progress=progress, preprocess=preprocess
+    )
+    return replace(result, feature_cache=asdict(cache)), model
 
 
 def machine_info() -> dict[str, str]:

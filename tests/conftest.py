@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The feature cache of the test session (and of the Ray workers it starts) lives in a fresh folder, not in ~/.cache.
+os.environ.setdefault("AUTOSIDE_CACHE_DIR", tempfile.mkdtemp(prefix="autoside-test-cache-"))
 torch.set_num_threads(1)
 
 

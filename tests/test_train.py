@@ -23,7 +23,8 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_linear_baseline_end_to_end(tiny_recipe_dict):
-    recipe = recipe_from_dict(tiny_recipe_dict)
+    # Without the feature cache, so the backbone runs in the trial (tests/cache covers the cached accounting).
+    recipe = recipe_from_dict({**tiny_recipe_dict, "feature_cache": False})
     result, model = run_trial(recipe)
     state_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     assert 0.0 <= result.test_accuracy <= 1.0 and result.val_accuracy > 0.2  # 10 classes: chance is 0.1
@@ -59,6 +60,7 @@ def test_full_finetuning_trains_the_backbone_and_costs_more(tiny_recipe_dict):
 
 
 def test_budget_too_small_stops_the_trial(tiny_recipe_dict):
-    recipe = recipe_from_dict({**tiny_recipe_dict, "epochs": 1, "memory_budget": "1MiB"})
-    with pytest.raises(MemoryBudgetExceeded, match="over the memory budget of 1 MiB"):
+    # 100 KiB: below even a cached linear probe (its head, a batch of stored features and their gradients).
+    recipe = recipe_from_dict({**tiny_recipe_dict, "epochs": 1, "memory_budget": "100KiB"})
+    with pytest.raises(MemoryBudgetExceeded, match="over the memory budget of 100 KiB"):
         run_trial(recipe)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 # Each command module registers its subcommands on import; the order here is the order of ``autoside --help``.
 # isort: off
-from autoside.cli import train, catalog, pretrain, tune, export  # noqa: F401
+from autoside.cli import train, catalog, pretrain, tune, export, cache  # noqa: F401
 
 # isort: on
 from autoside.cli.registry import COMMANDS

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from autoside.cli.cache import add_cache_args, cache_overrides
 from autoside.cli.registry import command
 
 
@@ -27,6 +28,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_args(p)
 
 
 @command("train", "train one side network on a recipe and print accuracy and measured memory")(_train_args)
@@ -34,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     from autoside.recipe import load_recipe
     from autoside.train import run_trial
 
-    overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else [])]
+    overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else []), *cache_overrides(args)]
     overrides += ["dataset.skip_bad_videos=true"] if args.skip_bad_videos else []
     recipe = load_recipe(args.recipe, overrides)
     result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty())
@@ -60,6 +62,7 @@ def _print_result(recipe, result) -> None:  # noqa: ANN001
         ("trainable parameters", f"{result.trainable_params:,}"),
         ("throughput", f"{result.train_images_per_s:.1f} images/s"),
         ("wall time", f"{result.wall_time_s:.1f} s"),
+        ("feature cache", f"{result.feature_cache.get('status')} {result.feature_cache.get('reason', '')}".strip()),
         ("device", result.device),
         ("torch", result.torch_version),
     ]

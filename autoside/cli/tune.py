@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from autoside.cli.cache import add_cache_args
 from autoside.cli.registry import command
 from autoside.tune.results import DEFAULT_ROOT
 
@@ -57,6 +58,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-videos", action="store_true", help="skip (and count) bad videos of a video dataset")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    add_cache_args(p)
 
 
 @command("search", "search side networks under a memory budget (Ray Tune + Optuna, tracked in MLflow)")(_search_args)
@@ -91,11 +93,14 @@ def _search(args: argparse.Namespace) -> int:
         "root",
         "resume",
         "seed",
+        "cache_dir",
     )
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.objectives:
         options["objectives"] = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     options["progress"] = not (args.quiet or args.json)
+    if args.no_cache:
+        options["no_cache"] = True
     overrides = [*args.overrides, *(["dataset.skip_bad_videos=true"] if args.skip_bad_videos else [])]
     recipe = load_recipe(args.recipe, overrides) if args.recipe else None
     result = search(args.space, recipe, **options)

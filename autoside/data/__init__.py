@@ -10,6 +10,7 @@ from autoside.data.splits import Split, Task, vtab_split
 from autoside.data.transforms import Preprocess
 from autoside.data.video import ClipSampling
 from autoside.errors import ConfigError
+from autoside.units import parse_bytes
 
 __all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datasets", "load_task", "register_dataset"]
 
@@ -33,6 +34,8 @@ class DatasetConfig:
     frame_stride: int | None = None
     frame_size: int = 64
     skip_bad_videos: bool = False
+    max_in_memory: str | int | None = "2GiB"
+    workers: int = 2
 
     def __post_init__(self) -> None:
         base = self.name.split("/", 1)[0]
@@ -53,10 +56,13 @@ class DatasetConfig:
             )
         if self.frame_size < 8:
             raise ConfigError(f"dataset.frame_size: must be at least 8 pixels, got {self.frame_size}")
+        if self.workers < 0:
+            raise ConfigError(f"dataset.workers: must be at least 0, got {self.workers}")
+        parse_bytes(self.max_in_memory, field="dataset.max_in_memory")
 
 
-def load_task(cfg: DatasetConfig) -> Task:
-    """Read the dataset and cut its seeded splits."""
+def load_task(cfg: DatasetConfig, *, image_size: int | None = None) -> Task:
+    """Read the dataset and cut its seeded splits; image files are decoded at ``image_size`` (the recipe's)."""
     base, _, sub = cfg.name.partition("/")
     info = list_datasets()[base]
     loader = info.loader
@@ -74,6 +80,9 @@ def load_task(cfg: DatasetConfig) -> Task:
         )
     if base == "torchvision":
         data = loader(root=cfg.root, dataset=sub, download=cfg.download)
+    elif base == "imagefolder":
+        limit = parse_bytes(cfg.max_in_memory, field="dataset.max_in_memory")
+        data = loader(root=cfg.root, image_size=image_size, max_in_memory=limit, workers=cfg.workers)
     else:
         data = loader(root=cfg.root)
     return vtab_split(

@@ -14,18 +14,22 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from autoside.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from autoside.data.files import FileImages
+
 
 @dataclass(frozen=True)
 class Images:
-    """All labelled images of a dataset, in memory."""
+    """All labelled images of a dataset (in memory, or streamed from files when they do not fit)."""
 
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor | FileImages  # uint8 (N, C, H, W), or files decoded on demand
     labels: torch.Tensor  # int64 (N,)
     classes: tuple[str, ...]
     official_test: Images | None = None
@@ -137,10 +141,14 @@ def _pair(arrays: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Te
 
 
 @register_dataset("imagefolder", "image folder: ROOT/<class>/<image>, one subfolder per class", needs_root=True)
-def load_image_folder(root: str | None = None, image_size: int = 64) -> Images:
-    from PIL import Image, UnidentifiedImageError
+def load_image_folder(
+    root: str | None = None, image_size: int | None = None, max_in_memory: int | None = None, workers: int = 2
+) -> Images:
+    """Every image decoded once at ``image_size`` (the recipe's); streamed from disk when the decoded set would
+    take more than ``max_in_memory`` bytes (see :mod:`autoside.data.files`)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
-    from torchvision.transforms.functional import pil_to_tensor
+
+    from autoside.data.files import DEFAULT_IMAGE_SIZE, FileImages, check_readable, decode_image
 
     if root is None:
         raise ConfigError("dataset.root: the imagefolder dataset needs root: PATH (one subfolder per class)")
@@ -150,22 +158,21 @@ def load_image_folder(root: str | None = None, image_size: int = 64) -> Images:
     classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
     if len(classes) < 2:
         raise DataError(f"dataset.root: {base} needs at least two class subfolders, found {len(classes)}")
-    images, labels = [], []
+    paths, labels = [], []
     for index, name in enumerate(classes):
         for path in sorted((base / name).rglob("*")):
-            if path.suffix.lower() not in IMG_EXTENSIONS:
-                continue
-            try:
-                with Image.open(path) as img:
-                    # Decoded once at a fixed size so the whole set fits in memory; the recipe's size is applied later.
-                    img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{path}: not a readable image ({exc})") from None
-            images.append(pil_to_tensor(img))
-            labels.append(index)
-    if not images:
+            if path.suffix.lower() in IMG_EXTENSIONS:
+                paths.append(str(path))
+                labels.append(index)
+    if not paths:
         raise DataError(f"dataset.root: no images under {base}")
-    return Images(torch.stack(images), torch.tensor(labels), classes)
+    size = image_size or DEFAULT_IMAGE_SIZE
+    label_tensor = torch.tensor(labels)
+    if max_in_memory is not None and len(paths) * 3 * size * size > max_in_memory:
+        for path in paths:
+            check_readable(path)
+        return Images(FileImages(tuple(paths), size, workers), label_tensor, classes)
+    return Images(torch.stack([decode_image(p, size) for p in paths]), label_tensor, classes)
 
 
 @register_dataset(

@@ -3,21 +3,45 @@ seeded sample of it, or the dataset's official test split) for testing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from autoside.data.files import FileImages, stream_batches
 from autoside.data.sources import Images
 from autoside.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor
+    """Images (a uint8 tensor in memory, or :class:`FileImages` streamed from disk) and their labels."""
+
+    images: torch.Tensor | FileImages
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, FileImages)
+
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, labels)`` batches in ``order`` (default: as stored); the last one may be smaller."""
+        order = torch.arange(len(self)) if order is None else order
+        chunks = list(order.split(batch_size))
+        if self.streamed:
+            yield from stream_batches(self.images, self.labels, chunks)
+            return
+        for idx in chunks:
+            yield self.images[idx], self.labels[idx]
+
+
+def _take(images: torch.Tensor | FileImages, index: torch.Tensor) -> torch.Tensor | FileImages:
+    return images.subset(index) if isinstance(images, FileImages) else images[index]
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,7 @@ def vtab_split(data: Images, *, name: str, train_size: int, val_size: int, test_
     return Task(
         name=name,
         classes=classes,
-        train=Split(data.images[train_idx], data.labels[train_idx]),
-        val=Split(data.images[val_idx], data.labels[val_idx]),
-        test=Split(test_images[test_idx], test_labels[test_idx]),
+        train=Split(_take(data.images, train_idx), data.labels[train_idx]),
+        val=Split(_take(data.images, val_idx), data.labels[val_idx]),
+        test=Split(_take(test_images, test_idx), test_labels[test_idx]),
     )

@@ -42,3 +42,27 @@ class Preprocess(torch.nn.Module):
                 x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False, antialias=True
             )
         return (x - self.mean) / self.std
+
+
+class RandomResizedCropFlip(torch.nn.Module):
+    """Training augmentation as timm's ``create_transform(is_training=True)`` defaults to: a random crop of 8-100 %
+    of the area with aspect ratio 3/4-4/3, resized back to the input size, then a horizontal flip half the time.
+
+    Off by default (the VTAB-style recipe): augmented inputs differ every epoch, so backbone features cannot be cached.
+    """
+
+    def __init__(self, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__()
+        self.scale, self.ratio = scale, ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import RandomResizedCrop
+
+        size = x.shape[-2:]
+        out = []
+        for image in x:
+            top, left, h, w = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+            crop = image[None, :, top : top + h, left : left + w]
+            crop = F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=True)
+            out.append(crop.flip(-1) if torch.rand(()) < 0.5 else crop)
+        return torch.cat(out)

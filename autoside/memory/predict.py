@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from autoside.data import Preprocess, Task
-from autoside.memory.meter import MemoryMeter
+from autoside.memory.meter import MemoryMeter, resolve_tracking
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.train import training_step
@@ -47,31 +47,44 @@ def dry_batches(batch_size: int) -> tuple[int, int]:
     return max(2, b2 // 2), b2
 
 
-def _peak_of_steps(model: SideNet, task: Task, recipe: Recipe, batch: int, device: torch.device) -> int:
-    preprocess = Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
+def _peak_of_steps(
+    model: torch.nn.Module,
+    task: Task,
+    recipe: Recipe,
+    batch: int,
+    device: torch.device,
+    preprocess: torch.nn.Module | None,
+) -> int:
+    preprocess = preprocess or Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
     amp = recipe.amp and device.type == "cuda"
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
-    images, labels = task.train.images[:batch], task.train.labels[:batch]
-    if len(images) < batch:  # a dataset smaller than the batch: repeat it
-        reps = -(-batch // len(images))
-        images, labels = images.repeat(reps, *[1] * (images.ndim - 1))[:batch], labels.repeat(reps)[:batch]
-    meter = MemoryMeter(device)
+    order = torch.arange(batch) % len(task.train)  # a dataset smaller than the batch: repeat it
+    images, labels = next(iter(task.train.batches(batch, order)))
+    # Every dry step is tracked (on CUDA only if asked: the allocator peak is the meter there).
+    tracking = "off" if resolve_tracking(recipe.memory_tracking, device) == "off" else "all"
+    meter = MemoryMeter(device, tracking=tracking)
     model.train()
     model.begin_epoch(recipe.epochs - 1)  # the steady phase, after any warm-up (CST's distil-only epochs cost less)
     with meter:
         meter.register_model(model)
         for _ in range(2):
-            x, y = images.to(device), labels.to(device)
+            x, y = preprocess(images), labels.to(device)
             meter.step()
-            training_step(model, preprocess(x), y, optimizer, amp=amp, label_smoothing=recipe.label_smoothing)
+            training_step(model, x, y, optimizer, amp=amp, label_smoothing=recipe.label_smoothing)
             del x, y
     return meter.report().peak_memory_bytes
 
 
 def predict_peak_memory(
-    model: SideNet, task: Task, recipe: Recipe, *, device: torch.device | str = "cpu"
+    model: SideNet | torch.nn.Module,
+    task: Task,
+    recipe: Recipe,
+    *,
+    device: torch.device | str = "cpu",
+    preprocess: torch.nn.Module | None = None,
 ) -> MemoryPrediction:
-    """Predict the peak training memory of ``model`` under ``recipe`` (see the module docstring)."""
+    """Predict the peak training memory of ``model`` under ``recipe`` (see the module docstring); ``preprocess`` as
+    in :func:`autoside.train.train_model` (a cached run predicts on stored features)."""
     import time
 
     tic = time.perf_counter()
@@ -80,8 +93,8 @@ def predict_peak_memory(
     rng = torch.get_rng_state()
     b1, b2 = dry_batches(recipe.batch_size)
     try:
-        p1 = _peak_of_steps(probe, task, recipe, b1, device)
-        p2 = _peak_of_steps(probe, task, recipe, b2, device)
+        p1 = _peak_of_steps(probe, task, recipe, b1, device, preprocess)
+        p2 = _peak_of_steps(probe, task, recipe, b2, device, preprocess)
     finally:
         torch.set_rng_state(rng)  # dropout in the dry steps must not change the trial's random stream
         del probe

@@ -52,13 +52,33 @@ class SideNet(nn.Module):
     """A side network and the backbone it sits beside; ``forward`` maps images to logits.
 
     Subclasses set ``writes_back`` when they change the backbone's forward pass (DTL, CST): those need gradients
-    through later frozen blocks and cannot use cached backbone features. ``modality`` says what ``forward`` reads:
-    ``image`` batches ``(B, C, H, W)`` or ``video`` clips ``(B, T, C, H, W)``.
+    through later frozen blocks. ``modality`` says what ``forward`` reads: ``image`` batches ``(B, C, H, W)`` or
+    ``video`` clips ``(B, T, C, H, W)``. A family whose frozen computation (all of it when it writes nothing back;
+    DTL's blocks before its merge block) depends on the image alone declares it by splitting its forward into
+    ``side(backbone.taps(x, feature_taps()))``: the features it reads, by name, and the rest, which runs on
+    :meth:`side_modules` only. Such a family is :attr:`cacheable`: a search computes those features once
+    (:mod:`autoside.cache`).
     """
 
     config_class: ClassVar[type[SideConfig]] = SideConfig
     writes_back: ClassVar[bool] = False
     modality: ClassVar[str] = "image"
+
+    def feature_taps(self) -> tuple[str, ...] | None:
+        """The frozen features :meth:`side` reads (names of :meth:`Backbone.taps`); ``None``: not split."""
+        return None
+
+    def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from the frozen features named by :meth:`feature_taps` (the only trainable computation)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its forward into features and side")
+
+    def side_modules(self) -> dict[str, nn.Module]:
+        """The modules :meth:`side` runs: every child but the backbone (plus the frozen blocks it still needs)."""
+        return {name: module for name, module in self.named_children() if name != "backbone"}
+
+    @property
+    def cacheable(self) -> bool:
+        return self.backbone.frozen and self.feature_taps() is not None
 
     def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()

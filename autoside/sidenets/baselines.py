@@ -37,10 +37,14 @@ class LinearProbe(SideNet):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(backbone.spec.num_features, num_classes)
 
+    def feature_taps(self) -> tuple[str, ...]:
+        return ("pooled",)
+
+    def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.drop(feats["pooled"]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = self.backbone(x)
-        return self.head(self.drop(features))
+        return self.side(self.backbone.taps(x, self.feature_taps()))
 
 
 @register_family

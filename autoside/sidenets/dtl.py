@@ -215,46 +215,96 @@ class DTL(SideNet):
             module.active = mode
         return self
 
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+    def _final_norm_module(self) -> nn.Module:
         # The backbone's own frozen norm (not registered here, so it stays out of the side state dict).
         model = self.backbone.model
-        norm = (
+        return (
             model.fc_norm if self.backbone.spec.layout == "vit" and isinstance(model.norm, nn.Identity) else model.norm
         )
-        return norm(x)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self._final_norm_module()(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        model = self.backbone.model
         if self.backbone.spec.layout == "swin":
-            return model.patch_embed(x)
-        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+            return self.backbone.model.patch_embed(x)
+        return self.backbone.taps(x, ("embed",))["embed"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spec, grad = self.backbone.spec, torch.is_grad_enabled()
         with torch.no_grad():
             x = self._embed(x)
+        return self._run(x)
+
+    def feature_taps(self) -> tuple[str, ...] | None:
+        """On a ViT without stochastic depth, blocks ``1..M`` are a pure function of the image: their inputs (what
+        the maps read) and block ``M``'s output can be stored; ``side`` runs blocks ``M+1..L`` (1-indexed) only."""
+        if self.backbone.spec.layout != "vit" or self.config.drop_path > 0:
+            return None
+        last = self.merge_from - 1
+        inputs = [_input_tap(i) for i in sorted(int(k) for k in self.maps) if i <= last]
+        return tuple(dict.fromkeys([*inputs, f"tokens:{last}"]))
+
+    def side_modules(self) -> dict[str, nn.Module]:
+        model = self.backbone.model
+        return {
+            **super().side_modules(),
+            "later_blocks": nn.ModuleList(model.blocks[self.merge_from :]),
+            "final_norm": self._final_norm_module(),
+        }
+
+    def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        last = self.merge_from - 1
+        h = None
+        for i in sorted(int(k) for k in self.maps):
+            if i <= last:
+                update = self.maps[str(i)](feats[_input_tap(i)])
+                h = update if h is None else h + update
+        x = feats[f"tokens:{last}"]
+        return self._run(self._merge(x, h, 0), first=self.merge_from, h=h)
+
+    def _merge(self, x: torch.Tensor, h: torch.Tensor | None, stage: int) -> torch.Tensor:
+        if h is None:
+            return x
+        gated = swish(h, self.config.beta)
+        return x + (self.fusions[str(stage)](gated) if str(stage) in self.fusions else gated)
+
+    def _run(self, x: torch.Tensor, *, first: int = 0, h: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks ``first..`` (0-indexed) on the embedded tokens ``x`` (or on block ``first - 1``'s merged output with
+        the side state ``h`` so far), then the final norm and the head."""
+        spec, grad = self.backbone.spec, torch.is_grad_enabled()
         i = 0
         for s, (downsample, blocks) in enumerate(_stages(self.backbone.model, spec.layout)):
-            if downsample is not None:
-                with torch.set_grad_enabled(grad and x.requires_grad):
-                    x = downsample(x)
-            h = None  # the side state; reset at each Swin stage, as in the official code
+            if i + len(blocks) <= first:
+                i += len(blocks)
+                continue
+            if i >= first:
+                if downsample is not None:
+                    with torch.set_grad_enabled(grad and x.requires_grad):
+                        x = downsample(x)
+                h = None  # the side state; reset at each Swin stage, as in the official code
             for block in blocks:
+                if i < first:
+                    i += 1
+                    continue
                 if str(i) in self.maps:
                     update = self.maps[str(i)](x)
                     h = update if h is None else h + update
                 # Blocks 1..M see no trainable input: no graph, no saved activations.
                 with torch.set_grad_enabled(grad and i >= self.merge_from):
                     x = block(x)
-                if i >= self.merge_from - 1 and h is not None:
-                    gated = swish(h, self.config.beta)
-                    x = x + (self.fusions[str(s)](gated) if str(s) in self.fusions else gated)
+                if i >= self.merge_from - 1:
+                    x = self._merge(x, h, s)
                 i += 1
         if spec.layout == "swin":
             features = self._final_norm(x).mean(dim=(1, 2))
         else:
             features = self._final_norm(x[:, spec.num_prefix_tokens :].mean(dim=1))
         return self.head(self.drop(features))
+
+
+def _input_tap(block: int) -> str:
+    """The stored feature that enters ``block`` (0-indexed): the embedded tokens, or the previous block's output."""
+    return "embed" if block == 0 else f"tokens:{block - 1}"
 
 
 def _preset(**kwargs: object) -> dict[str, object]:

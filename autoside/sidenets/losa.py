@@ -154,23 +154,18 @@ class LoSA(SideNet):
             act_layer=config.act,
         )
 
-    def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Frozen block outputs ``b_i`` (all tokens) for the adapted layers and the last one, without autograd."""
-        layers = sorted({*self.adapted, self.backbone.spec.num_taps - 1})
-        with torch.no_grad():
-            taps = self.backbone.intermediates(x, indices=layers, return_prefix_tokens=True)
-        feats = [torch.cat([prefix, patches], dim=1) if prefix.shape[1] else patches for patches, prefix in taps]
-        return dict(zip(layers, feats))
+    def feature_taps(self) -> tuple[str, ...]:
+        """Frozen block outputs ``b_i`` (all tokens) of the adapted layers and of the last one."""
+        return tuple(f"tokens:{i}" for i in sorted({*self.adapted, self.backbone.spec.num_taps - 1}))
 
-    def side(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Logits from the frozen features (the only trainable computation)."""
+    def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         h = None
         for i in self.adapted:
-            b = feats[i]
+            b = feats[f"tokens:{i}"]
             z = b if h is None or self.config.update == "independent" else b + h
             update = self.mixers[str(i)](z)
             h = update if h is None else h + update
-        tokens = feats[self.backbone.spec.num_taps - 1] + h
+        tokens = feats[f"tokens:{self.backbone.spec.num_taps - 1}"] + h
         prefix = self.backbone.spec.num_prefix_tokens
         # Pool, then normalise: the same as the backbone's norm-then-CLS for CLS pooling, and the fc_norm order of
         # timm's average-pooled ViTs (and of DTL's head) for the mean; the norm then never sees the full token map.
@@ -178,7 +173,7 @@ class LoSA(SideNet):
         return self.head(self.drop(self.norm(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.side(self.features(x))
+        return self.side(self.backbone.taps(x, self.feature_taps()))
 
 
 def _final_norm(model: nn.Module) -> nn.Module:

@@ -106,10 +106,15 @@ class LoSAVideo(LoSA):
     def make_mixer(config: LoSAVideoConfig, spec: BackboneSpec) -> nn.Module:
         return VideoMixer(config, spec)
 
+    def feature_taps(self) -> None:
+        """Not split for the feature cache: it reads every frame of a clip, the cache one image per example."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = select_frames(x if x.ndim == 5 else x[:, None], self.config.frames)
         b, t = clip.shape[:2]
-        return self.side(self.features(clip.flatten(0, 1))).unflatten(0, (b, t)).mean(dim=1)
+        feats = self.backbone.taps(clip.flatten(0, 1), LoSA.feature_taps(self))
+        return self.side(feats).unflatten(0, (b, t)).mean(dim=1)
 
 
 @register_sidenet("losa_video")

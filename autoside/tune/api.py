@@ -47,6 +47,8 @@ class SearchOptions:
     root: str = DEFAULT_ROOT
     resume: str | None = None
     progress: bool = True
+    cache_dir: str | None = None
+    no_cache: bool = False
 
     def __post_init__(self) -> None:
         from autoside.tune.pareto import OBJECTIVES
@@ -119,7 +121,9 @@ def search(space: Any = None, recipe: Any = None, **options: Any) -> SearchResul
         raise ConfigError(
             f"search {name!r} already exists in {opts.root}; continue it with --resume {name} or choose another --name"
         )
-    recipe = replace(recipe, memory_budget=budget)
+    recipe = replace(recipe, memory_budget=budget, feature_cache=recipe.feature_cache and not opts.no_cache)
+    if opts.cache_dir:
+        recipe = replace(recipe, cache_dir=opts.cache_dir)
     _preflight(space, recipe, budget)
     tracking_uri = opts.tracking_uri or _default_uri(opts.root)
     meta = {

@@ -148,7 +148,7 @@ class CachedPredictor:
 
         key = json.dumps(params, sort_keys=True)
         if key not in self.cache:
-            self.task = self.task or load_task(self.recipe.dataset)
+            self.task = self.task or load_task(self.recipe.dataset, image_size=self.recipe.image_size)
             self.backbone = self.backbone or build_backbone(self.recipe)
             torch.manual_seed(self.recipe.seed)
             config = self.space.config_from_params(params)

@@ -82,11 +82,11 @@ def result_record(
 
 
 @lru_cache(maxsize=4)
-def _task(dataset_json: str):  # noqa: ANN202 - cached per worker process: every trial reads the same data
+def _task(dataset_json: str, image_size: int | None):  # noqa: ANN202 - cached per worker: every trial reads it
     from autoside.config import from_dict
     from autoside.data import DatasetConfig, load_task
 
-    return load_task(from_dict(DatasetConfig, json.loads(dataset_json)))
+    return load_task(from_dict(DatasetConfig, json.loads(dataset_json)), image_size=image_size)
 
 
 def final_report(status: str, metrics: dict[str, Any], budget_bytes: int | None, **extra: Any) -> dict[str, Any]:
@@ -144,6 +144,7 @@ def execute_trial(  # noqa: C901, PLR0915
     """
     import torch
 
+    from autoside.cache import use_cache
     from autoside.memory.meter import MemoryBudgetExceeded
     from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
@@ -179,12 +180,16 @@ def execute_trial(  # noqa: C901, PLR0915
     status, metrics, extra, export_dir = "ok", {}, {}, None
     model = None
     try:
-        task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str))
+        task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str), recipe.image_size)
         device = resolve_device(recipe.device)
         model = build_model(recipe, task.num_classes, side_config)
         metrics["trainable_params"] = model.num_trainable()
+        trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
+        extra["feature_cache"] = asdict(cache)
+        tracking.log_metrics(run.client, run.run_id, cache.metrics())
+        tracking.set_tags(run.client, run.run_id, {"feature_cache": f"{cache.status} {cache.reason}".strip()[:5000]})
         if ctx.budget_bytes is not None:
-            prediction = predict_peak_memory(model, task, recipe, device=device)
+            prediction = predict_peak_memory(trained, inputs, recipe, device=device, preprocess=preprocess)
             extra["memory_prediction"] = prediction.to_dict()
             metrics["predicted_peak_bytes"] = prediction.predicted_bytes
             tracking.log_metrics(
@@ -200,8 +205,10 @@ def execute_trial(  # noqa: C901, PLR0915
             if report is not None and epoch < recipe.epochs:  # the last epoch arrives with the final result
                 report({**epoch_metrics, "trial_number": number, "mlflow_run_id": run.run_id})
 
-        result = train_model(model, task, replace(recipe, memory_budget=cap), device=device, report=on_epoch)
-        metrics = {**metrics, **result.to_dict()}
+        result = train_model(
+            trained, inputs, replace(recipe, memory_budget=cap), device=device, report=on_epoch, preprocess=preprocess
+        )
+        metrics = {**metrics, **replace(result, feature_cache=asdict(cache)).to_dict()}
         if "predicted_peak_bytes" in metrics:
             metrics["prediction_error"] = metrics["predicted_peak_bytes"] / max(1, result.peak_memory_bytes) - 1
         from autoside.export.save import save_pretrained

@@ -64,9 +64,9 @@ def test_image_folder(tmp_path):
         for i in range(12):
             Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
-    task = load_task(DatasetConfig(name="imagefolder", root=str(tmp_path), train_size=10, val_size=4))
+    task = load_task(DatasetConfig(name="imagefolder", root=str(tmp_path), train_size=10, val_size=4), image_size=48)
     assert task.classes == ("cat", "dog")
-    assert task.train.images.shape[1:] == (3, 64, 64)
+    assert task.train.images.shape[1:] == (3, 48, 48)
     assert len(task.train) + len(task.val) + len(task.test) == 24
 
 

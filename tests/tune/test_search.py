@@ -361,6 +361,9 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
         assert run.data.params["family"] == record.config["family"]
         if record.status == "ok":
             assert client.get_metric_history(run.info.run_id, "val_accuracy")
+            # Linear probes train on stored backbone features: the first one on a worker builds them.
+            assert run.data.tags["feature_cache"] in ("built", "hit")
+            assert {"feature_cache_hits", "feature_cache_build_seconds"} <= set(run.data.metrics)
             assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["side_network"]
             assert (record.artifact_dir / "side_model.safetensors").is_file()
         else:  # infeasible: refused by the predictor with its memory, never on the front

@@ -1,0 +1,47 @@
+"""``autoside cache ls|rm`` and the ``--cache-dir`` / ``--no-cache`` flags of ``autoside train``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from autoside.cache import FeatureStore, use_cache
+from autoside.recipe import Recipe
+from autoside.sidenets import create_sidenet
+from autoside.testing import random_task, tiny_backbone
+
+
+def test_cache_cli_lists_and_removes(tmp_path, capsys):
+    from autoside.cli.main import main
+
+    torch.manual_seed(0)
+    net = create_sidenet("linear", tiny_backbone("vit"), num_classes=3)
+    recipe = Recipe(cache_dir=str(tmp_path / "cache"), eval_batch_size=6)
+    use_cache(net, random_task(32), recipe, device=torch.device("cpu"))  # stores the pooled features of 3 splits
+    assert main(["cache", "ls", "--cache-dir", recipe.cache_dir]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries" in out and "pooled float16" in out
+    digest = FeatureStore(recipe.cache_dir).entries()[0]["digest"]
+    assert main(["cache", "rm", digest, "--cache-dir", recipe.cache_dir]) == 0
+    assert len(FeatureStore(recipe.cache_dir).entries()) == 2
+    assert main(["cache", "rm", "nope", "--cache-dir", recipe.cache_dir]) == 2
+    assert "no entry 'nope'" in capsys.readouterr().err
+    assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
+    assert FeatureStore(recipe.cache_dir).entries() == []
+
+
+@pytest.mark.slow
+def test_train_flags_choose_the_cache_folder_or_none(tmp_path, tiny_recipe_dict, capsys):
+    from autoside.cli.main import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**tiny_recipe_dict, "epochs": 1}))
+    cache = tmp_path / "features"
+    assert main(["train", str(path), "--json", "--cache-dir", str(cache)]) == 0
+    assert json.loads(capsys.readouterr().out)["feature_cache"]["status"] == "built"
+    assert len(FeatureStore(cache).entries()) == 3
+    assert main(["train", str(path), "--json", "--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["feature_cache"]["reason"].startswith("turned off")
