@@ -43,10 +43,11 @@ class Sizes:
     concurrent: int
     budget: str
     steps: int
+    cnn_backbone: str  # for families that need a staged CNN (CST)
 
 
-GPU = Sizes("vit_base_patch16_224", 224, 32, "cuda", 256, 12, 8, "6GiB", 10)
-DRY = Sizes("vit_tiny_patch16_224", 64, 4, "cpu", 8, 2, 2, "256MiB", 2)
+GPU = Sizes("vit_base_patch16_224", 224, 32, "cuda", 256, 12, 8, "6GiB", 10, "resnet50")
+DRY = Sizes("vit_tiny_patch16_224", 64, 4, "cpu", 8, 2, 2, "256MiB", 2, "resnet18")
 
 
 def recipe_dict(s: Sizes, **overrides: Any) -> dict[str, Any]:
@@ -77,24 +78,31 @@ def step_memory(s: Sizes, work: Path) -> str:
 
 def step_prediction(s: Sizes) -> str:
     from autoside.data import load_task
+    from autoside.errors import ConfigError
     from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
     from autoside.sidenets import list_families, resolve
     from autoside.train import build_model, train_model
     from autoside.units import format_bytes
 
-    recipe = recipe_from_dict(recipe_dict(s))
-    task = load_task(recipe.dataset)
+    vit = recipe_from_dict(recipe_dict(s))
+    cnn = recipe_from_dict(recipe_dict(s, backbone={"name": s.cnn_backbone, "weights": "random"}))
+    task = load_task(vit.dataset)
     device = torch.device(s.device)
-    lines = ["| family | predicted | measured | error | prediction s |", "|---|---|---|---|---|"]
+    lines = ["| family | backbone | predicted | measured | error | prediction s |", "|---|---|---|---|---|---|"]
     for family in list_families():
-        model = build_model(recipe, task.num_classes, resolve(family))
+        try:
+            recipe = vit
+            model = build_model(recipe, task.num_classes, resolve(family))
+        except ConfigError:  # a family for staged CNNs
+            recipe = cnn
+            model = build_model(recipe, task.num_classes, resolve(family))
         predicted = predict_peak_memory(model, task, recipe, device=device)
         measured = train_model(model, task, recipe, device=device).peak_memory_bytes
         error = predicted.predicted_bytes / measured - 1
         lines.append(
-            f"| {family} | {format_bytes(predicted.predicted_bytes)} | {format_bytes(measured)} | {error:+.1%} "
-            f"| {predicted.seconds:.1f} |"
+            f"| {family} | {recipe.backbone.name} | {format_bytes(predicted.predicted_bytes)} "
+            f"| {format_bytes(measured)} | {error:+.1%} | {predicted.seconds:.1f} |"
         )
         del model
         if device.type == "cuda":

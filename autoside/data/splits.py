@@ -60,8 +60,10 @@ class Task:
 
     @property
     def modality(self) -> str:
-        """``video`` when the examples are clips ``(N, T, C, H, W)``, else ``image``."""
-        return "video" if self.train.images.ndim == 5 else "image"
+        """``video`` when the examples are clips ``(N, T, C, H, W)``, else ``image`` (also for images streamed from
+        files and for stored features, which only images have)."""
+        images = getattr(self.train, "images", None)
+        return "video" if getattr(images, "ndim", 4) == 5 else "image"
 
 
 def vtab_split(data: Images, *, name: str, train_size: int, val_size: int, test_size: int | None, seed: int) -> Task:

@@ -184,7 +184,7 @@ class CST(SideNet):
             reinitialise(side)
         with torch.no_grad():  # in eval mode, the copy's BatchNorm statistics stay the backbone's
             side_widths = [out.shape[1] for out in side.eval()(example)]
-        self.side = side.requires_grad_(True).train()
+        self.side_net = side.requires_grad_(True).train()
 
         self.proj = nn.ModuleDict()
         self.gates = nn.ModuleDict()
@@ -224,7 +224,7 @@ class CST(SideNet):
             start = self._side_input(x)
         b, s = start, start
         calibrated, side_features, plain = [], [], []
-        for k, (stage, side_stage) in enumerate(zip(self._stages[self.first_stage :], self.side.stages)):
+        for k, (stage, side_stage) in enumerate(zip(self._stages[self.first_stage :], self.side_net.stages)):
             # A frozen stage is on the gradient path only when its input carries the side network's calibration.
             with torch.set_grad_enabled(task_grad and b.requires_grad):
                 out = stage(b)

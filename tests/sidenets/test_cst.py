@@ -42,8 +42,8 @@ def test_pruned_side_network_is_consistent(ratio: float, drop: int) -> None:
     model = create_sidenet("cst", _resnet18(), num_classes=3, prune_ratio=ratio, drop_blocks=drop)
     kept = model.config.blocks_kept([2, 2, 2, 2])
     assert kept == {0: [2, 2, 2, 2], 1: [2, 2, 2, 1], 3: [2, 1, 1, 1]}[drop]
-    assert [len(stage) for stage in model.side.stages] == kept
-    side_params = sum(p.numel() for p in model.side.parameters())
+    assert [len(stage) for stage in model.side_net.stages] == kept
+    side_params = sum(p.numel() for p in model.side_net.parameters())
     assert side_params == _predicted_params(model.config.widths, 64, kept)
     if ratio:
         assert model.config.widths["stages.3.0.conv2"] == round(512 * (1 - ratio))
@@ -57,7 +57,7 @@ def test_ratio_zero_reproduces_the_copy_exactly() -> None:
         stem = model.backbone.model.maxpool(
             model.backbone.model.act1(model.backbone.model.bn1(model.backbone.model.conv1(x)))
         )
-        for side, frozen in zip(model.side(stem), model.backbone.intermediates(x, indices=[1, 2, 3, 4])):
+        for side, frozen in zip(model.side_net(stem), model.backbone.intermediates(x, indices=[1, 2, 3, 4])):
             assert torch.equal(side, frozen)
     assert all(isinstance(p, torch.nn.Identity) for p in model.proj.values())
 
@@ -72,7 +72,7 @@ def test_forward_matches_a_plain_reimplementation(gate: str) -> None:
     x, _ = random_batch(model.backbone)
     with torch.no_grad():
         frozen = model.backbone.intermediates(x, indices=[3, 4])
-        side = model.side(model.backbone.intermediates(x, indices=[2])[0])  # side copies of stages 2 and 3
+        side = model.side_net(model.backbone.intermediates(x, indices=[2])[0])  # side copies of stages 2 and 3
         pooled = []
         for i, (b, s) in enumerate(zip(frozen, side), start=2):
             s = model.proj[str(i)](s)
@@ -126,7 +126,7 @@ def test_distillation_loss_decreases_on_real_data() -> None:
 def test_efficientnet_lite0() -> None:
     backbone = create_backbone("tf_efficientnet_lite0", image_size=32)
     model = create_sidenet("cst", backbone, num_classes=3, first_stage=5, prune_ratio=0.5, drop_blocks=3)
-    assert [len(s) for s in model.side.stages] == [1, 1]  # copies of stages 5 and 6 (4 and 1 blocks), 3 dropped
+    assert [len(s) for s in model.side_net.stages] == [1, 1]  # copies of stages 5 and 6 (4 and 1 blocks), 3 dropped
     run_contract(model)
 
 
