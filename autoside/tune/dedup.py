@@ -73,7 +73,7 @@ class Ledger:
             return None
 
     def add(self, number: int, params: dict[str, Any]) -> None:
-        """Count a trial handed out again after a restart (its parameters were partial when the ledger was built)."""
+        """Count a configuration the study already holds (a finished trial, or one running when the driver died)."""
         key = self.key(params)
         if key is not None:
             self.seen.setdefault(key, number)
@@ -88,7 +88,7 @@ class Ledger:
 
         key = self.key(params)
         original = self.seen.get(key)
-        if original is None:
+        if original is None or original == ot_trial.number:  # new, or a trial handed out again after a restart
             self.seen[key] = ot_trial.number
             return None
         ot_trial.set_user_attr("duplicate_of", original)

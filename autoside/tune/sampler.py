@@ -136,7 +136,13 @@ class AutosideOptunaSearch(OptunaSearch):
             # A driver killed while the trial was being sampled leaves only some of its parameters stored: walking
             # the space again returns the stored values and samples the missing ones.
             params = self._walk(ot_trial)
-            self.ledger.add(ot_trial.number, params)
+            # A driver killed between asking a proposal and finding it a repeat left it running unmarked: it is a
+            # repeat all the same, told the earlier outcome instead of being trained.
+            original = self.ledger.check(ot_trial, params)
+            if original is not None:
+                if self.on_duplicate is not None:
+                    self.on_duplicate(ot_trial.number, original, params)
+                return self.suggest(trial_id)
         else:
             asked = self._ask_new()
             if asked is None:

@@ -117,3 +117,24 @@ def test_resume_does_not_re_propose(tmp_path: Path, sampler: str) -> None:
         if t.number >= told and t.user_attrs.get("duplicate_of", told) < told
     ]
     assert not replayed, "the resumed sampler proposed the first run's configurations again"
+
+
+def test_a_repeat_left_unmarked_by_a_killed_driver_is_not_trained(tmp_path: Path) -> None:
+    """The driver died after asking a proposal but before finding it a repeat: on resume it comes back as a running
+    trial, and is told the earlier outcome instead of being handed to Ray."""
+    first = _searcher(tmp_path)
+    study = first.study
+    study.enqueue_trial({"family": "full"})
+    config = first.suggest("t0")
+    first.on_trial_complete("t0", _result(config["params"]))
+    study.enqueue_trial({"family": "full"})
+    # What the killed driver left: a running trial with a tried configuration and no mark.
+    unmarked = study.ask({"family": optuna.distributions.CategoricalDistribution(["linear", "full"])})
+    assert unmarked.params == {"family": "full"}
+
+    pending = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    resumed = _searcher(tmp_path, pending=pending)
+    handed = resumed.suggest("t1")
+    assert handed["params"]["family"] == "linear"  # the repeat was not handed out; a new configuration was
+    frozen = study.trials[unmarked.number]
+    assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.user_attrs["duplicate_of"] == 0
