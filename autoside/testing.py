@@ -100,6 +100,24 @@ def random_task(size: int, n: int = 12, num_classes: int = 3) -> Task:
     )
 
 
+def tiny_search_recipe(*, train: int = 192, val: int = 64, test: int = 64, **overrides: Any) -> dict[str, Any]:
+    """A recipe whose trials train in seconds on a CPU (digits on a random-weight ViT-Tiny at 32 px, one epoch): the
+    search tests' trial. ``overrides`` replace top-level keys."""
+    return {
+        "name": "tinyvit",
+        "dataset": {"name": "digits", "train_size": train, "val_size": val, "test_size": test},
+        "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.003,
+        "warmup_epochs": 0,
+        "device": "cpu",
+        "threads": 1,
+        **overrides,
+    }
+
+
 def _bn_state(backbone: Backbone) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in backbone.state_dict().items() if "running_" in k or "num_batches" in k}
 

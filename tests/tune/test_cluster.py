@@ -14,23 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from autoside.testing import tiny_search_recipe
 from autoside.tune.loopback import LoopbackCluster, free_port, is_loopback
 
 pytestmark = [pytest.mark.ray]
 
 SPACE = {"name": "tiny", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}}}
-RECIPE = {
-    "name": "tinyvit",
-    "dataset": {"name": "digits", "train_size": 96, "val_size": 32, "test_size": 32},
-    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
-    "image_size": 32,
-    "epochs": 1,
-    "batch_size": 32,
-    "lr": 0.003,
-    "warmup_epochs": 0,
-    "device": "cpu",
-    "threads": 1,
-}
+RECIPE = tiny_search_recipe(train=96, val=32, test=32)
 
 
 def _children(pid: int) -> set[int]:

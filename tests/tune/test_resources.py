@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from autoside.errors import ConfigError
+from autoside.testing import tiny_search_recipe
 from autoside.tune import resources as res
 
 GiB, MiB = 1024**3, 1024**2
@@ -21,17 +22,7 @@ CLUSTER = {
     }
 }
 SPACE = {"name": "tiny", "families": {"linear": {}, "full": {}}}
-RECIPE = {
-    "name": "tinyvit",
-    "dataset": {"name": "digits", "train_size": 32, "val_size": 16, "test_size": 16},
-    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
-    "image_size": 32,
-    "epochs": 1,
-    "batch_size": 16,
-    "warmup_epochs": 0,
-    "device": "cpu",
-    "threads": 1,
-}
+RECIPE = tiny_search_recipe(train=32, val=16, test=16, batch_size=16)
 BUDGET = 64 * MiB  # linear (~23 MiB) fits, full (~110 MiB) does not
 
 

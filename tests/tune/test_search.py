@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from autoside.cli.main import main
+from autoside.testing import tiny_search_recipe
 from autoside.tune.pareto import non_dominated
 from autoside.tune.results import open_search
 from autoside.tune.space import space_from_dict
@@ -23,18 +24,7 @@ SPACE = {
     "name": "tiny",
     "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}, "full": {}},
 }
-RECIPE = {
-    "name": "tinyvit",
-    "dataset": {"name": "digits", "train_size": 192, "val_size": 64, "test_size": 64},
-    "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
-    "image_size": 32,
-    "epochs": 1,
-    "batch_size": 32,
-    "lr": 0.003,
-    "warmup_epochs": 0,
-    "device": "cpu",
-    "threads": 1,
-}
+RECIPE = tiny_search_recipe()
 BUDGET = 64 * 2**20  # linear probes (~23 MiB) fit, full fine-tuning (~110 MiB) does not
 
 
