@@ -75,15 +75,9 @@ class Node:
 
     def pids(self) -> list[int]:
         """Every live process in the node's process group (raylet, agents, workers, ...)."""
-        out = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == self.process.pid:
-                        out.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
-                    continue
-        return out
+        from autoside.tune.reaper import process_group
+
+        return process_group(self.process.pid)
 
     def raylet_pid(self) -> int | None:
         for pid in self.pids():

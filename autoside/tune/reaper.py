@@ -37,30 +37,36 @@ def watch_local_cluster() -> subprocess.Popen | None:
     )
 
 
-def _start_time(pid: int) -> int | None:
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...), or None if it is gone."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
 
 
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                out[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
+def _processes() -> dict[int, list[str]]:
+    return {int(e.name): f for e in Path("/proc").iterdir() if e.name.isdigit() and (f := _stat(e.name)) is not None}
 
 
-def _descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+def _start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """``roots`` and every process below them, as /proc shows them now."""
+    parents = {pid: int(fields[1]) for pid, fields in _processes().items()}
     found, frontier = set(roots), set(roots)
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live processes of a process group (zombies hold nothing and are left to their reaper)."""
+    return [pid for pid, fields in _processes().items() if fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 def _alive(tracked: dict[int, int]) -> dict[int, int]:
@@ -72,7 +78,7 @@ def watch(driver: int, roots: set[int]) -> None:
     tracked = {pid: start for pid in roots if (start := _start_time(pid)) is not None}
     ray_processes = dict(tracked)
     while _start_time(driver) == driver_start and _alive(ray_processes):
-        for pid in _descendants(roots, _parents()):
+        for pid in descendants(roots):
             start = _start_time(pid)
             if start is not None:
                 tracked.setdefault(pid, start)

@@ -16,28 +16,12 @@ import pytest
 
 from autoside.testing import tiny_search_recipe
 from autoside.tune.loopback import LoopbackCluster, free_port, is_loopback
+from autoside.tune.reaper import descendants
 
 pytestmark = [pytest.mark.ray]
 
 SPACE = {"name": "tiny", "families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}}}}
 RECIPE = tiny_search_recipe(train=96, val=32, test=32)
-
-
-def _children(pid: int) -> set[int]:
-    """``pid``'s descendants, from /proc (a Ray node's agents are children of its raylet)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def _listening(pids: set[int]) -> set[str]:
@@ -83,7 +67,7 @@ def test_local_cluster_registers_and_listens_on_loopback_only():
     assert connect_ray(None)
     try:
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        listening = _listening(_children(os.getpid()))
+        listening = _listening(descendants({os.getpid()}) - {os.getpid()})
         assert listening, "found no listening socket of the local Ray cluster"
         assert all(_is_loopback_listen(a) for a in listening), listening
     finally:

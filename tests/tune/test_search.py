@@ -17,6 +17,7 @@ import pytest
 from autoside.cli.main import main
 from autoside.testing import tiny_search_recipe
 from autoside.tune.pareto import non_dominated
+from autoside.tune.reaper import process_group
 from autoside.tune.results import open_search
 from autoside.tune.space import space_from_dict
 
@@ -232,19 +233,6 @@ def test_unknown_family_in_cli(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert "unknown family 'lora'" in err and len(err.splitlines()) == 1
 
 
-def _process_group(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) == pgid:  # zombies hold nothing; init reaps them
-                pids.append(int(entry.name))
-    return pids
-
-
 # -- kill the driver, resume (own Ray cluster in subprocesses; runs before the in-process cluster starts) ------------
 @pytest.mark.ray
 @pytest.mark.slow
@@ -272,7 +260,7 @@ def test_kill_driver_and_resume(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30  # nothing the killed driver started outlives it (Ray's agents included)
-    while left := [pid for pid in _process_group(proc.pid)]:
+    while left := process_group(proc.pid):
         assert time.time() < deadline, f"processes of the killed search still running: {left}"
         time.sleep(0.5)
     before = {p.parent.name: p.read_text() for p in trials.glob("*/result.json")}
