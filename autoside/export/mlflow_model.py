@@ -7,8 +7,9 @@ safetensors checkpoint; ``load_context`` calls :func:`autoside.load`, which chec
 
 ``predict`` takes a batch of images: a numpy array or tensor (``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``,
 uint8 or floats in [0, 1]; clips ``(N, T, C, H, W)`` for a video side network), or a DataFrame whose first column
-holds one image per row (nested lists, encoded PNG/JPEG bytes, base64 strings of those, or file paths). It returns a
-DataFrame with the top label, its probability, its index and every class probability.
+holds one image per row (nested lists, encoded PNG/JPEG bytes, base64 strings of those, or file paths; for a video
+side network one clip per row: a video file or frame folder, cut as ``autoside predict`` cuts it, or nested lists).
+It returns a DataFrame with the top label, its probability, its index and every class probability.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
+import numpy as np
 
 from autoside.backbones import Backbone
 from autoside.errors import AutosideError, DataError
+
+if TYPE_CHECKING:
+    from autoside.data.video import ClipSampling
 
 _CODE = """import mlflow
 from autoside.export.mlflow_model import SideNetworkPyfunc
@@ -52,7 +57,8 @@ class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - mlflow's pyfunc protocol
         import pandas as pd
 
-        probs = self.model.predict(images_from_input(model_input))
+        video = self.model.sidenet.modality == "video"
+        probs = self.model.predict(images_from_input(model_input, clips=self.model.clip_sampling if video else None))
         top = probs.argmax(-1)
         classes = self.model.classes
         return pd.DataFrame(
@@ -65,8 +71,9 @@ class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
-def images_from_input(model_input: Any) -> Any:
-    """A batch of images (array or list of single images) from a pyfunc input (see the module docstring)."""
+def images_from_input(model_input: Any, *, clips: ClipSampling | None = None) -> Any:
+    """A batch of images (array or list of single images) from a pyfunc input (see the module docstring); with
+    ``clips``, a batch of clips cut from video paths that way."""
     import pandas as pd
 
     if isinstance(model_input, dict) and len(model_input) == 1:
@@ -78,11 +85,25 @@ def images_from_input(model_input: Any) -> Any:
     if model_input.shape[1] == 0 or len(model_input) == 0:
         raise DataError("predict: the input DataFrame is empty; give one image per row in its first column")
     column = model_input["image"] if "image" in model_input.columns else model_input.iloc[:, 0]
+    if clips is not None:
+        return np.stack([_clip(value, clips) for value in column.tolist()])
     return [_decode(value) for value in column.tolist()]
 
 
+def _clip(value: Any, sampling: ClipSampling) -> np.ndarray:
+    from autoside.data.video import read_clips
+
+    if isinstance(value, str):
+        return read_clips([value], sampling)[0].numpy()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return np.asarray(value)
+    raise DataError(
+        f"predict: cannot read a clip from a {type(value).__name__}; give one clip per row (a video file, a frame "
+        "folder or nested lists (T, C, H, W)) in the DataFrame's first column, or an array of clips"
+    )
+
+
 def _decode(value: Any) -> Any:
-    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, (list, tuple, np.ndarray)):

