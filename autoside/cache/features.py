@@ -158,6 +158,35 @@ def _base_key(net: SideNet, task: Task, recipe: Recipe, amp: bool) -> dict[str, 
     }
 
 
+def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
+    """Why a trial of ``net`` under ``recipe`` cannot train on stored features (None: it will)."""
+    if not recipe.feature_cache:
+        return "turned off (--no-cache / feature_cache: false)"
+    if not net.cacheable:
+        return (
+            f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
+            "the backbone from the start, trains it, or makes its frozen blocks random, e.g. with stochastic depth)"
+        )
+    if recipe.augment:
+        return "random training augmentation: inputs differ every epoch"
+    return None
+
+
+@torch.no_grad()
+def probe_features(net: SideNet, task: Task, recipe: Recipe, *, examples: int = 8) -> tuple[SideOnly, Task, nn.Module]:
+    """What :func:`use_cache` would train on, for the first ``examples`` training examples, computed now and stored
+    nowhere: a memory prediction on it sees a cached trial's tensors (in the cache's dtype) without building the
+    cache (the GPU packer predicts on the driver before any trial runs). Only for nets :func:`bypass_reason` passes."""
+    split = task.train
+    index = torch.arange(min(examples, len(split)))
+    images, labels = next(iter(split.batches(len(index), index)))
+    preprocess = Preprocess.from_data_config(net.backbone.spec.data_config)
+    feats = net.backbone.taps(preprocess(images), net.feature_taps() or ())
+    dtype = getattr(torch, recipe.cache_dtype)
+    probe = FeatureSplit({k: v.to(dtype) for k, v in feats.items()}, labels)
+    return SideOnly(net), Task(task.name, task.classes, probe, probe, probe), FeatureInputs(torch.device("cpu"))
+
+
 def use_cache(
     net: SideNet, task: Task, recipe: Recipe, *, device: torch.device
 ) -> tuple[nn.Module, Task, nn.Module | None, CacheInfo]:
@@ -167,15 +196,9 @@ def use_cache(
         log.info("feature cache bypassed for %s: %s", net.config.family, reason)
         return net, task, None, CacheInfo("bypassed", reason)
 
-    if not recipe.feature_cache:
-        return bypass("turned off (--no-cache / feature_cache: false)")
-    if not net.cacheable:
-        return bypass(
-            f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
-            "the backbone from the start, trains it, or makes its frozen blocks random, e.g. with stochastic depth)"
-        )
-    if recipe.augment:
-        return bypass("random training augmentation: inputs differ every epoch")
+    reason = bypass_reason(net, recipe)
+    if reason is not None:
+        return bypass(reason)
     amp = recipe.amp and device.type == "cuda"
     store = FeatureStore(recipe.cache_dir)
     taps = net.feature_taps() or ()

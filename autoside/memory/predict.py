@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from autoside.data import Preprocess, Task
 from autoside.memory.meter import MemoryMeter, resolve_tracking
@@ -67,6 +68,7 @@ def _peak_of_steps(
     model.begin_epoch(recipe.epochs - 1)  # the steady phase, after any warm-up (CST's distil-only epochs cost less)
     with meter:
         meter.register_model(model)
+        meter.register(*tree_flatten([images, labels])[0])  # the batch as read, alive through the step as in training
         for _ in range(2):
             x, y = preprocess(images), labels.to(device)
             meter.step()

@@ -127,7 +127,8 @@ def check_device(device: str, gpus: float, inventory: GpuInventory) -> str:
 class CachedPredictor:
     """Dry-step prediction on the driver for packing, cached per configuration; the backbone is built once and
     copied per prediction (``full`` unfreezes the backbone it is given). It runs on the driver's CPU in fp32,
-    which over-states a bf16 trial's activations; the trial predicts again on its own device, refuses itself over
+    which over-states a bf16 trial's activations (a trial that will read the feature cache is predicted on features of
+    a few training images, as it will train); the trial predicts again on its own device, refuses itself over
     the budget and records both figures (``predicted_peak_bytes``, ``prediction_error``)."""
 
     def __init__(self, recipe: Any, space: Any) -> None:
@@ -141,6 +142,7 @@ class CachedPredictor:
 
         import torch
 
+        from autoside.cache.features import bypass_reason, probe_features
         from autoside.data import load_task
         from autoside.memory.predict import predict_peak_memory
         from autoside.sidenets import create_sidenet
@@ -153,7 +155,12 @@ class CachedPredictor:
             torch.manual_seed(self.recipe.seed)
             config = self.space.config_from_params(params)
             model = create_sidenet(config, copy.deepcopy(self.backbone), self.task.num_classes)
-            self.cache[key] = predict_peak_memory(model, self.task, self.recipe, device="cpu").predicted_bytes
+            task, preprocess = self.task, None
+            if bypass_reason(model, self.recipe) is None:  # the trial will train on stored features: predict that
+                model, task, preprocess = probe_features(model, self.task, self.recipe)
+            self.cache[key] = predict_peak_memory(
+                model, task, self.recipe, device="cpu", preprocess=preprocess
+            ).predicted_bytes
         return self.cache[key]
 
 

@@ -44,7 +44,7 @@ def test_gpu_node_type_with_no_worker_up_still_gets_gpu_requests(tmp_path: Path)
     from autoside.tune.space import space_from_dict
     from autoside.tune.trial import TrialContext
 
-    recipe = recipe_from_dict({**RECIPE, "device": "auto"})
+    recipe = recipe_from_dict({**RECIPE, "device": "auto", "feature_cache": False})  # linear reads the backbone
     opts = _options(tmp_path, gpu_memory="2GiB")
     inventory, device = trial_device(opts, recipe)
     assert inventory.gpus_per_node == 1 and "node types" in inventory.source and device == "cuda"
@@ -69,6 +69,25 @@ def test_gpu_node_type_with_no_worker_up_still_gets_gpu_requests(tmp_path: Path)
     # A fixed request is passed through as it is.
     fixed, none = _resources(SimpleNamespace(**{**vars(state), "opts": _options(tmp_path, gpus_per_trial=0.5)}))
     assert none is None and fixed({"trial_number": 0, "params": {}}).bundles == [{"CPU": 1.0, "GPU": 0.5}]
+
+
+def test_packer_predicts_a_cached_trial_on_features_as_it_will_train(tmp_path: Path) -> None:
+    """A trial that will read the feature cache holds neither the backbone nor images: the packer predicts it on
+    features of a few training images (no cache is built), within 5 % of what the cached trial then measures."""
+    from dataclasses import replace
+
+    from autoside.recipe import recipe_from_dict
+    from autoside.train import run_trial
+    from autoside.tune.space import space_from_dict
+
+    recipe = recipe_from_dict({**RECIPE, "cache_dir": str(tmp_path / "cache")})
+    cached = res.CachedPredictor(recipe, space_from_dict(SPACE))({"family": "linear"})
+    uncached = res.CachedPredictor(replace(recipe, feature_cache=False), space_from_dict(SPACE))({"family": "linear"})
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    result, _ = run_trial(recipe, space_from_dict(SPACE).config_from_params({"family": "linear"}))
+    assert result.feature_cache["status"] == "built"
+    assert abs(cached / result.peak_memory_bytes - 1) <= 0.05, (cached, result.peak_memory_bytes)
+    assert uncached > 20 * cached
 
 
 def test_devices_that_contradict_the_gpu_request_are_refused(tmp_path: Path) -> None:
