@@ -29,6 +29,8 @@ def draw_boxes(
 
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
+    if len(boxes) == 0:
+        return image.clone()  # torchvision would warn that it drew nothing
     labels = labels.tolist()
     captions = [classes[k] for k in labels]
     if scores is not None:
