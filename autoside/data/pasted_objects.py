@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,15 +46,17 @@ TEST_FRACTION = 0.2
 
 
 @functools.cache
-def _photos(names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
-    """The named scikit-image photographs as RGB uint8 ``(H, W, 3)`` (read once per process)."""
+def _photos(names: tuple[str, ...]) -> tuple[Any, ...]:
+    """The named scikit-image photographs as RGB PIL images (read once per process)."""
+    from PIL import Image
     from skimage import data as skdata
 
     out = []
     for name in names:
         photo = getattr(skdata, name)()
-        out.append(np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3])
-    return tuple(np.ascontiguousarray(p, dtype=np.uint8) for p in out)
+        photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3]
+        out.append(Image.fromarray(np.ascontiguousarray(photo, dtype=np.uint8)))
+    return tuple(out)
 
 
 @functools.cache
@@ -88,16 +91,15 @@ def _mask(shape: np.ndarray, longer: int) -> np.ndarray:
     return resized[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-def _background(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def _background(photo: Any, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded square crop of ``photo``, resampled straight to ``size`` and mirrored half the time."""
     from PIL import Image
 
-    h, w = photo.shape[:2]
+    w, h = photo.size
     side = max(8, round(rng.uniform(*CROP_SCALE) * min(h, w)))
     top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
-    crop = photo[top : top + side, left : left + side]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    return np.array(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR, reducing_gap=None))
+    crop = photo.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
+    return np.array(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
 
 
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -116,7 +118,7 @@ def _colour(background_luma: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def compose(
-    photo: np.ndarray, shapes: tuple[tuple[np.ndarray, ...], ...], size: int, rng: np.random.Generator
+    photo: Any, shapes: tuple[tuple[np.ndarray, ...], ...], size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[int]]:
     """One image ``(size, size, 3)`` with 1-3 pasted objects, their exact boxes and labels."""
     image = _background(photo, size, rng)

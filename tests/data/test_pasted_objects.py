@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from autoside.data import DatasetConfig, load_task, pasted_objects
 from autoside.errors import ConfigError
@@ -48,7 +49,7 @@ def test_splits_are_disjoint_and_the_test_split_uses_held_out_photos():
 def test_boxes_are_tight_to_the_pasted_masks():
     """On a flat grey photograph every changed pixel is object: each box touches object pixels on all four sides,
     and no object pixel lies outside the boxes."""
-    grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    grey = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
     shapes = pasted_objects._shapes(False)
     rng = np.random.default_rng(0)
     for _ in range(30):
