@@ -10,11 +10,11 @@ What the loader decides, and why:
   (a stretched portrait and a stretched landscape would show the same object squashed two ways, and the detector's
   anchor aspect ratios would stop meaning what they say); anchoring at the top-left makes the box transform a pure
   scale, ``x' = x * sx``, ``y' = y * sy``, which predictions invert by dividing (see :func:`letterbox`).
-* **Crowd annotations** (``iscrowd: 1``, one box around a group of objects) are checked like any other, then left out
-  of the targets, as COCO-trained detectors do: a crowd box is not one object to localise. An image whose only
-  annotations are crowds stays in the dataset as a negative, like any image without boxes. (COCO's evaluation would
-  also ignore detections that land on a crowd region; our targets do not carry those regions, so such detections
-  count as false positives.)
+* **Crowd annotations** (``iscrowd: 1``, one box around a group of objects) are checked like any other, then kept
+  apart from the targets (``DetectionSplit.crowd_boxes``), the COCO way: a detector never trains on them (a crowd box
+  is not one object to localise), and the mAP ignores detections that land on them
+  (:meth:`~autoside.data.detection.DetectionSplit.eval_targets`). An image whose only annotations are crowds is a
+  negative for training, like any image without boxes.
 * **Boxes** must lie inside their image up to half a pixel (COCO boxes are often rounded to .5); those within that
   tolerance are clipped to the image. Zero- or negative-area boxes and unknown category ids are errors, never skipped.
 
@@ -44,7 +44,7 @@ DEFAULT_DETECTION_SIZE = 224
 
 @dataclass(frozen=True)
 class CocoImage:
-    """One listed image and its (non-crowd) boxes in the original pixels, labels already contiguous."""
+    """One listed image, its boxes and crowd regions in the original pixels, labels already contiguous."""
 
     id: str
     path: Path
@@ -52,6 +52,8 @@ class CocoImage:
     height: int
     boxes: tuple[tuple[float, float, float, float], ...]
     labels: tuple[int, ...]
+    crowd_boxes: tuple[tuple[float, float, float, float], ...] = ()
+    crowd_labels: tuple[int, ...] = ()
 
 
 def find_annotations(root: Path) -> Path:
@@ -128,7 +130,7 @@ def parse_coco(root: Path) -> tuple[tuple[str, ...], list[CocoImage]]:
         entry["file_name"] = check.field(img, "file_name", where, (str,))
         if entry["width"] < 1 or entry["height"] < 1:
             raise check.fail(where, f"width and height must be positive, got {entry['width']}x{entry['height']}")
-        entry["boxes"], entry["labels"] = [], []
+        entry.update(boxes=[], labels=[], crowd_boxes=[], crowd_labels=[])
         listed[iid] = entry
 
     seen: set[int | str] = set()
@@ -146,18 +148,15 @@ def parse_coco(root: Path) -> tuple[tuple[str, ...], list[CocoImage]]:
             raise check.fail(where, f"unknown category_id {cid!r} (categories: {', '.join(map(str, order))})")
         image = listed[iid]
         box = _check_box(check, ann, where, image["width"], image["height"])
-        if ann.get("iscrowd", 0):
-            continue
-        image["boxes"].append(box)
-        image["labels"].append(label_of[cid])
+        crowd = "crowd_" if ann.get("iscrowd", 0) else ""
+        image[crowd + "boxes"].append(box)
+        image[crowd + "labels"].append(label_of[cid])
 
     folder = root / "images"
     out = []
     for iid, entry in listed.items():
-        image = CocoImage(
-            str(iid), folder / entry["file_name"], entry["width"], entry["height"], tuple(entry["boxes"]),
-            tuple(entry["labels"]),
-        )  # fmt: skip
+        lists = {key: tuple(entry[key]) for key in ("boxes", "labels", "crowd_boxes", "crowd_labels")}
+        image = CocoImage(str(iid), folder / entry["file_name"], entry["width"], entry["height"], **lists)
         _check_header(check, image)
         out.append(image)
     if not out:
@@ -212,7 +211,7 @@ def letterbox(img: Any, size: int) -> tuple[torch.Tensor, tuple[float, float]]:
 def _decode(check: _Checker, images: list[CocoImage], size: int) -> DetectionSplit:
     from PIL import Image, UnidentifiedImageError
 
-    pixels, boxes, labels = [], [], []
+    pixels, boxes, labels, crowd_boxes, crowd_labels = [], [], [], [], []
     for image in images:
         try:
             with Image.open(image.path) as img:
@@ -220,11 +219,21 @@ def _decode(check: _Checker, images: list[CocoImage], size: int) -> DetectionSpl
         except (UnidentifiedImageError, OSError) as exc:
             raise check.fail(f"image id {image.id} ({image.path.name})", f"not a readable image ({exc})") from None
         pixels.append(canvas)
-        box = torch.tensor(image.boxes, dtype=torch.float32).reshape(-1, 4)
-        boxes.append(box * torch.tensor([sx, sy, sx, sy], dtype=torch.float32))
+        scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+        boxes.append(torch.tensor(image.boxes, dtype=torch.float32).reshape(-1, 4) * scale)
         labels.append(torch.tensor(image.labels, dtype=torch.int64))
+        crowd_boxes.append(torch.tensor(image.crowd_boxes, dtype=torch.float32).reshape(-1, 4) * scale)
+        crowd_labels.append(torch.tensor(image.crowd_labels, dtype=torch.int64))
     stacked = torch.stack(pixels) if pixels else torch.empty((0, 3, size, size), dtype=torch.uint8)
-    return DetectionSplit(stacked, tuple(boxes), tuple(labels), tuple(i.id for i in images))
+    crowded = any(len(c) for c in crowd_labels)
+    return DetectionSplit(
+        stacked,
+        tuple(boxes),
+        tuple(labels),
+        tuple(i.id for i in images),
+        tuple(crowd_boxes) if crowded else (),
+        tuple(crowd_labels) if crowded else (),
+    )
 
 
 @register_dataset(

@@ -51,8 +51,25 @@ def test_reads_boxes_labels_and_letterboxes(tmp_path, where):
     assert torch.allclose(boxes, torch.tensor([[0.0, 10.0, 10.0, 20.0]])) and labels.tolist() == [0]
     assert (pixels[:, :, 10:] == 0).all()
 
-    pixels, boxes, labels = images["3"]  # only a crowd annotation: kept as a negative
+    pixels, boxes, labels = images["3"]  # only a crowd annotation: a negative for training
     assert boxes.shape == (0, 4) and labels.shape == (0,)
+
+
+def test_crowd_regions_are_not_targets_but_reach_the_evaluation(tmp_path):
+    write_tiny_coco(tmp_path)
+    task = _load(tmp_path)
+    everything = {}
+    for split in (task.train, task.val, task.test):
+        assert len(split.crowd_boxes) in (0, len(split))  # () when none of the split's images has a crowd region
+        for k, image_id in enumerate(split.image_ids):
+            everything[image_id] = split.eval_targets(torch.tensor([k]))[0]
+            assert split.targets(torch.tensor([k]))[0].keys() == {"boxes", "labels"}
+    crowd = everything["3"]  # 10x10 scaled by 2; category 7 (dog) is label 1
+    assert crowd["boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0]] and crowd["labels"].tolist() == [1]
+    assert crowd["iscrowd"].tolist() == [1]
+    assert everything["1"]["iscrowd"].tolist() == [0, 0]
+    crowded = next(s for s in (task.train, task.val, task.test) if "3" in s.image_ids)
+    assert torch.equal(crowded.subset(torch.tensor([0])).crowd_boxes[0], crowd["boxes"])
 
 
 def test_splits_are_seeded_and_disjoint(tmp_path):
