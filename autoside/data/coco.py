@@ -26,6 +26,7 @@ the images the seeded splits pick are then decoded. The loader writes nothing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,9 @@ def parse_coco(root: Path) -> tuple[tuple[str, ...], list[CocoImage]]:
 def _check_box(check: _Checker, ann: dict, where: str, width: int, height: int) -> tuple[float, float, float, float]:
     """COCO ``[x, y, w, h]`` -> clipped ``(x0, y0, x1, y1)``; outside (beyond the tolerance) or empty is an error."""
     bbox = check.field(ann, "bbox", where, (list,))
-    if len(bbox) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
-        raise check.fail(where, f"bbox must be four numbers [x, y, width, height], got {bbox!r}")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    if len(bbox) != 4 or not numbers:
+        raise check.fail(where, f"bbox must be four finite numbers [x, y, width, height], got {bbox!r}")
     x, y, w, h = (float(v) for v in bbox)
     if not (w > 0 and h > 0):
         raise check.fail(where, f"zero or negative area bbox {bbox!r} (width and height must be > 0)")
