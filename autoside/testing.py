@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,43 @@ def random_task(size: int, n: int = 12, num_classes: int = 3) -> Task:
         Split(images[:half], labels[:half]),
         Split(images[half:], labels[half:]),
     )
+
+
+def tiny_coco_annotations() -> dict[str, Any]:
+    """COCO annotations of three images: a 40x20 landscape with two boxes (annotations 11 and 12), a 20x40 portrait
+    with one (13), and a 10x10 image whose only annotation is a crowd (14), so it is a negative. Category ids 7 (dog)
+    and 3 (cat) are sparse and listed out of order."""
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 20},
+            {"id": 2, "file_name": "b.png", "width": 20, "height": 40},
+            {"id": 3, "file_name": "c.png", "width": 10, "height": 10},
+        ],
+        "annotations": [
+            {"id": 11, "image_id": 1, "category_id": 7, "bbox": [4, 2, 10, 6], "iscrowd": 0},
+            {"id": 12, "image_id": 1, "category_id": 3, "bbox": [20, 10, 19.5, 10.4]},  # within the tolerance
+            {"id": 13, "image_id": 2, "category_id": 3, "bbox": [0, 20, 20, 20]},
+            {"id": 14, "image_id": 3, "category_id": 7, "bbox": [0, 0, 10, 10], "iscrowd": 1},
+        ],
+        "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+    }
+
+
+def write_tiny_coco(root: Path, annotations: dict[str, Any] | None = None, *, where: str = "instances.json") -> Path:
+    """A COCO folder (``root/images/`` + ``root/<where>``) for :func:`tiny_coco_annotations`: blue images, with
+    annotation 11's box painted red in ``a.png``. Returns the annotation file."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name, size in {"a.png": (40, 20), "b.png": (20, 40), "c.png": (10, 10)}.items():
+        img = Image.new("RGB", size, (0, 0, 255))
+        if name == "a.png":
+            img.paste((255, 0, 0), (4, 2, 14, 8))
+        img.save(root / "images" / name)
+    path = root / where
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(tiny_coco_annotations() if annotations is None else annotations))
+    return path
 
 
 def tiny_search_recipe(*, train: int = 192, val: int = 64, test: int = 64, **overrides: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoside.data import video_tasks  # noqa: F401 - registers the built-in video tasks
+from autoside.data import coco, pasted_objects, video_tasks  # noqa: F401 - register detection and video datasets
+from autoside.data.detection import DetectionTask
 from autoside.data.sources import Images, list_datasets, register_dataset
 from autoside.data.splits import Split, Task, vtab_split
 from autoside.data.transforms import Preprocess
@@ -12,7 +13,17 @@ from autoside.data.video import ClipSampling
 from autoside.errors import ConfigError
 from autoside.units import parse_bytes
 
-__all__ = ["DatasetConfig", "Images", "Preprocess", "Split", "Task", "list_datasets", "load_task", "register_dataset"]
+__all__ = [
+    "DatasetConfig",
+    "DetectionTask",
+    "Images",
+    "Preprocess",
+    "Split",
+    "Task",
+    "list_datasets",
+    "load_task",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,25 @@ class DatasetConfig:
         parse_bytes(self.max_in_memory, field="dataset.max_in_memory")
 
 
-def load_task(cfg: DatasetConfig, *, image_size: int | None = None) -> Task:
-    """Read the dataset and cut its seeded splits; image files are decoded at ``image_size`` (the recipe's)."""
+def load_task(cfg: DatasetConfig, *, image_size: int | None = None) -> Task | DetectionTask:
+    """Read the dataset and cut its seeded splits; image files are decoded at ``image_size`` (the recipe's).
+
+    Detection datasets (``list_datasets()[name].detection``) return a :class:`DetectionTask` (``kind ==
+    "detection"``), every image at one size."""
     base, _, sub = cfg.name.partition("/")
     info = list_datasets()[base]
     loader = info.loader
+    if info.detection:
+        return loader(
+            root=cfg.root,
+            name=cfg.name,
+            image_size=image_size,
+            train_size=cfg.train_size,
+            val_size=cfg.val_size,
+            test_size=cfg.test_size,
+            seed=cfg.seed,
+            max_in_memory=parse_bytes(cfg.max_in_memory, field="dataset.max_in_memory"),
+        )
     if info.video:
         sampling = ClipSampling(frames=cfg.frames, frame_stride=cfg.frame_stride, frame_size=cfg.frame_size)
         return loader(

@@ -4,6 +4,10 @@ A box is ``(x0, y0, x1, y1)`` in pixels of the stored image (``xyxy``, the forma
 torchmetrics read); a label is a class index ``0..K-1`` into :attr:`DetectionTask.classes` (detectors that reserve
 0 for the background shift it themselves). Every image of a dataset is stored at one size, so a split's images are
 one uint8 tensor ``(N, C, H, W)``, as for classification, and its boxes one list of ``(n_i, 4)`` tensors.
+
+Crowd regions (COCO's ``iscrowd``: one box around a group of objects) are kept apart from the targets: a detector
+never trains on them, and :meth:`DetectionSplit.eval_targets` hands them to the mAP with an ``iscrowd`` flag so that
+detections landing on them are ignored rather than counted as false positives, as COCO's evaluation does.
 """
 
 from __future__ import annotations
@@ -24,12 +28,28 @@ class DetectionSplit:
     boxes: tuple[torch.Tensor, ...]  # float32 (n_i, 4) each, xyxy pixels
     labels: tuple[torch.Tensor, ...]  # int64 (n_i,) each, 0..K-1
     image_ids: tuple[str, ...]
+    crowd_boxes: tuple[torch.Tensor, ...] = ()  # float32 (m_i, 4) each, or () when no image has crowd regions
+    crowd_labels: tuple[torch.Tensor, ...] = ()  # int64 (m_i,) each
 
     def __len__(self) -> int:
         return len(self.images)
 
     def targets(self, index: torch.Tensor) -> list[Target]:
         return [{"boxes": self.boxes[i], "labels": self.labels[i]} for i in index.tolist()]
+
+    def eval_targets(self, index: torch.Tensor) -> list[Target]:
+        """Targets for :func:`autoside.detection.metrics.box_map`: the boxes, then the crowd regions, with
+        ``iscrowd`` 0/1 telling them apart."""
+        targets = self.targets(index)
+        for target, i in zip(targets, index.tolist(), strict=True):
+            flags = torch.zeros(len(target["labels"]), dtype=torch.int64)
+            if self.crowd_boxes:
+                crowd = self.crowd_boxes[i]
+                flags = torch.cat([flags, torch.ones(len(crowd), dtype=torch.int64)])
+                target["boxes"] = torch.cat([target["boxes"], crowd])
+                target["labels"] = torch.cat([target["labels"], self.crowd_labels[i]])
+            target["iscrowd"] = flags
+        return targets
 
     def batches(
         self, batch_size: int, order: torch.Tensor | None = None
@@ -46,6 +66,8 @@ class DetectionSplit:
             tuple(self.boxes[i] for i in ids),
             tuple(self.labels[i] for i in ids),
             tuple(self.image_ids[i] for i in ids),
+            tuple(self.crowd_boxes[i] for i in ids) if self.crowd_boxes else (),
+            tuple(self.crowd_labels[i] for i in ids) if self.crowd_boxes else (),
         )
 
 

@@ -42,14 +42,17 @@ class DatasetInfo:
     loader: Callable[..., Images]
     needs_root: bool = False
     video: bool = False  # the loader takes the clip options and returns a split Task (see autoside.data.video)
+    detection: bool = False  # the loader takes the image size and split sizes and returns a DetectionTask
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str, *, needs_root: bool = False, video: bool = False):
+def register_dataset(
+    name: str, description: str, *, needs_root: bool = False, video: bool = False, detection: bool = False
+):
     def wrap(fn: Callable[..., Images]) -> Callable[..., Images]:
-        _DATASETS[name] = DatasetInfo(name, description, fn, needs_root, video)
+        _DATASETS[name] = DatasetInfo(name, description, fn, needs_root, video, detection)
         return fn
 
     return wrap

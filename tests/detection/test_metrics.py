@@ -31,3 +31,25 @@ def test_wrong_label_scores_zero_for_that_class() -> None:
 def test_lengths_must_agree() -> None:
     with pytest.raises(ValueError, match="1 images"):
         box_map([], TRUTH)
+
+
+def test_detections_on_a_crowd_region_are_ignored() -> None:
+    # A confident detection of class 0 lands where no object is: a false positive ranked above the true one, so
+    # class 0's precision at full recall is 1/2 (AP 0.5 at every threshold, mAP (0.5 + 1) / 2 = 0.75). Flagged as a
+    # crowd region there, COCO ignores it and every class scores 1.0.
+    preds = [
+        {
+            "boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 100, 100], [120, 10, 150, 40]]),
+            "scores": torch.tensor([0.5, 0.8, 0.9]),
+            "labels": torch.tensor([0, 1, 0]),
+        }
+    ]
+    assert box_map(preds, TRUTH)["map"] == pytest.approx(0.75, abs=1e-3)
+    crowd = [
+        {
+            "boxes": torch.cat([TRUTH[0]["boxes"], torch.tensor([[110.0, 0, 160, 50]])]),
+            "labels": torch.tensor([0, 1, 0]),
+            "iscrowd": torch.tensor([0, 0, 1]),
+        }
+    ]
+    assert box_map(preds, crowd) == {"map": 1.0, "map_50": 1.0}
