@@ -164,7 +164,8 @@ def _default_uri(root: str) -> str:
 
 def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     """Before anything starts: the space must suit the backbone, and the budget must be above what every
-    configuration needs (the frozen backbone's weights and one input batch are resident in every trial)."""
+    configuration needs (the frozen backbone's weights and one input batch are resident in every trial that does
+    not read the feature cache)."""
     from autoside.data import list_datasets
     from autoside.sidenets import get_family
     from autoside.train import build_backbone
@@ -179,8 +180,8 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             )
     backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
-    if budget is None:
-        return
+    if budget is None or _may_read_cache(space, recipe):
+        return  # a trial on stored features holds neither the backbone nor images: no floor below the budget
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
     frames = recipe.dataset.frames if video else 1
     batch = recipe.batch_size * frames * 3 * backbone.spec.image_size**2 * 4
@@ -192,6 +193,15 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             f"{recipe.batch_size} ({format_bytes(batch)}) need {format_bytes(need)}; raise the budget or lower "
             f"batch_size / image_size"
         )
+
+
+def _may_read_cache(space: Any, recipe: Any) -> bool:
+    """Whether some configuration of ``space`` may train on the feature cache under ``recipe``."""
+    from autoside.sidenets import SideNet, get_family
+
+    if not recipe.feature_cache or recipe.augment:
+        return False
+    return any(get_family(f.family).feature_taps is not SideNet.feature_taps for f in space.families)
 
 
 def _drive(

@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from autoside.cli.main import main
+from autoside.errors import ConfigError
 from autoside.testing import tiny_search_recipe
 from autoside.tune.pareto import non_dominated
 from autoside.tune.reaper import process_group
@@ -191,18 +192,39 @@ def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_i
 # -- bad input: one line, non-zero exit, nothing written --------------------------------------------------------------
 def test_budget_below_any_config_is_refused_before_start(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space, recipe = _write(tmp_path)
-    code = main(["search", str(space), str(recipe), "--memory-budget", "1MiB", "--root", str(tmp_path / "runs")])
+    args = ["search", str(space), str(recipe), "--memory-budget", "1MiB", "--root", str(tmp_path / "runs")]
+    code = main([*args, "--no-cache"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "below what any configuration of space 'tiny' can fit" in err
     assert not (tmp_path / "runs").exists()
 
 
+def test_budget_floor_leaves_out_the_backbone_when_trials_may_read_the_cache(tmp_path: Path) -> None:
+    """A trial on stored features holds neither the backbone nor images (a cached linear probe here needs ~65 KB),
+    so the pre-flight floor does not refuse a budget below the backbone's weights; without the cache it does."""
+    from dataclasses import replace
+
+    from autoside.recipe import load_recipe
+    from autoside.tune.api import _preflight
+    from autoside.tune.space import load_space
+
+    space_file, recipe_file = _write(tmp_path)
+    space, recipe = load_space(space_file), load_recipe(recipe_file)
+    _preflight(space, recipe, 2**20)
+    with pytest.raises(ConfigError, match="below what any configuration"):
+        _preflight(space, replace(recipe, feature_cache=False), 2**20)
+    with pytest.raises(ConfigError, match="below what any configuration"):
+        _preflight(space, replace(recipe, augment=True), 2**20)
+
+
 def test_search_takes_recipe_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--set`` reaches the recipe before validation and the pre-flight (here: a batch of 4096 cannot fit 1 MiB)."""
     space, recipe = _write(tmp_path)
     root = ["--root", str(tmp_path / "runs")]
-    code = main(["search", str(space), str(recipe), "--set", "batch_size=4096", "--memory-budget", "1MiB", *root])
+    code = main(
+        ["search", str(space), str(recipe), "--set", "batch_size=4096", "--memory-budget", "1MiB", "--no-cache", *root]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "one input batch of 4096" in err and len(err.splitlines()) == 1
     assert main(["search", str(space), str(recipe), "--set", "epochs=0", *root]) == 2
