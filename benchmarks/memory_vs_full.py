@@ -9,6 +9,11 @@ to the backbone (e.g. DTL on a CNN) are listed with the reason and skipped.
     python benchmarks/memory_vs_full.py                       # vit_base_patch16_224, 224 px, batch 32
     python benchmarks/memory_vs_full.py --backbone vit12_fmnist --image-size 28 --batch-size 64 --markdown out.md
     python benchmarks/memory_vs_full.py --backbone resnet50 --only linear cst "cst (head only)" cst_resnet50
+    python benchmarks/memory_vs_full.py --frames 8 --batch-size 4   # video: clips of 8 frames, video families
+
+With ``--frames T`` the inputs are clips ``(B, T, 3, S, S)`` and the rows are the video families at their defaults
+(Side4Video's are the paper's ViT-B/16 setting: s = 320, every layer, temporal conv, CLS shift) against full
+fine-tuning of the same backbone applied frame by frame, its logits averaged over time (TSN-style).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 # Rows besides the registered families at their defaults: DTL+ is DTL with a depthwise fusion kernel.
 # CST (default: every stage calibrated and written back) also runs head-only and as its ResNet-50 preset.
@@ -29,6 +35,24 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cst (head only)", "cst", {"writes_back": False}),
     ("cst_resnet50", "cst_resnet50", {}),
 ]
+
+
+class FrameWise(nn.Module):
+    """An image side network (here: full fine-tuning) on clips: every frame through it, logits averaged over time."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t = clips.shape[:2]
+        return self.net(clips.flatten(0, 1)).view(b, t, -1).mean(1)
+
+    def training_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.net.training_loss(loss)
+
+    def num_trainable(self, **kwargs: Any) -> int:
+        return self.net.num_trainable(**kwargs)
 
 
 @dataclass
@@ -55,10 +79,13 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
         model = create_sidenet(name, backbone, num_classes=args.num_classes, **options)
     except ConfigError as exc:
         return Row(label, note=f"skipped: {exc}")
+    if args.frames and model.modality != "video":
+        model = FrameWise(model)
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
     size = backbone.spec.image_size
-    images = torch.randn(args.batch_size, 3, size, size, device=device)
+    shape = (args.batch_size, args.frames, 3, size, size) if args.frames else (args.batch_size, 3, size, size)
+    images = torch.randn(*shape, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     amp = args.amp and device.type == "cuda"
     times = []
@@ -92,12 +119,14 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
     return row
 
 
-def rows_to_plan() -> list[tuple[str, str, dict[str, Any]]]:
-    from autoside.sidenets import list_families, list_sidenets
+def rows_to_plan(video: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+    from autoside.sidenets import get_family, list_families, list_sidenets
 
     families, names = list_families(), list_sidenets()
+    if video:
+        families = [f for f in families if get_family(f).modality == "video"]
     plan = [("full", "full", {})] + [(f, f, {}) for f in families if f != "full"]
-    return plan + [row for row in EXTRA_ROWS if row[1] in names]
+    return plan + ([] if video else [row for row in EXTRA_ROWS if row[1] in names])
 
 
 def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple[Any, str]:
@@ -110,8 +139,9 @@ def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple
     headers = ["side network", "trainable (no head)", "peak (live tensors)", "x full", "saved activations"]
     headers += ["CUDA allocator peak", "x full"] if cuda else []
     headers += ["s / step", "note"]
+    clips = f" clips of {args.frames} frames (full: frame by frame)" if args.frames else ""
     title = (
-        f"{args.backbone} ({args.weights} weights), {args.image_size} px, batch {args.batch_size}, "
+        f"{args.backbone} ({args.weights} weights), {args.image_size} px, batch {args.batch_size}{clips}, "
         f"{'bf16 autocast' if args.amp and cuda else 'fp32'}, {device_name}"
     )
     table = Table(title=f"Training memory vs full fine-tuning: {title}")
@@ -149,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=0, help="clips of this many frames: the video rows (0: images)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per row (the peak covers all of them)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (fp32 otherwise)")
@@ -168,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     console = Console(width=None if Console().is_terminal else 160)
     rows = []
-    for label, name, options in rows_to_plan():
+    for label, name, options in rows_to_plan(video=args.frames > 0):
+        if args.frames and label != "full":  # every video row reads all T frames of the clips
+            options = {**options, "frames": args.frames}
         if args.only and label != "full" and label not in args.only:
             continue
         console.print(f"measuring {label} ...")
