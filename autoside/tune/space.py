@@ -11,12 +11,17 @@ A space is a YAML file in ``search_spaces/``::
         rank: {type: int, low: 4, high: 64, log: true}
         mixer: {type: categorical, choices: [mlp, conv]}
         depth: 4                      # a plain value fixes a knob (not searched)
+      cst:
+        stage_prune_ratios:           # a list knob: each element searched (or fixed) on its own
+          - 0.25
+          - {type: float, low: 0.0, high: 0.75, step: 0.25}
 
 Each searched knob is one of Optuna's three distributions (float, int, categorical, with ``log`` / ``step``).
 :meth:`SearchSpace.suggest` walks the space define-by-run: first ``family``, then only that family's knobs, named
-``<family>/<knob>`` (e.g. ``dtl/rank``). The same function replays a finished trial's parameters through
-``optuna.trial.FixedTrial`` (:meth:`SearchSpace.config_from_params`), so there is one path from parameters to
-architecture. Everything is validated when the file is loaded, with one message per problem.
+``<family>/<knob>`` (e.g. ``dtl/rank``; an element of a list knob ``<family>/<knob>/<index>``). The same function
+replays a finished trial's parameters through ``optuna.trial.FixedTrial`` (:meth:`SearchSpace.config_from_params`),
+so there is one path from parameters to architecture. Everything is validated when the file is loaded, with one
+message per problem.
 """
 
 from __future__ import annotations
@@ -82,11 +87,25 @@ class Param:
 
 @dataclass(frozen=True)
 class FamilySpace:
-    """The knobs searched (and fixed) for one family."""
+    """The knobs searched (and fixed) for one family. A list knob with searched elements is kept in ``fixed`` as a
+    tuple whose searched elements are their :class:`Param` (also listed in ``params``, named ``<knob>/<index>``)."""
 
     family: str
     params: tuple[Param, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The family's config keywords for the values of its params (list knobs put back together)."""
+        out = {k: _fill(v, values) for k, v in self.fixed.items()}
+        return {**out, **{k: v for k, v in values.items() if "/" not in k}}
+
+
+def _searched(template: Any) -> bool:
+    return isinstance(template, tuple) and any(isinstance(e, Param) for e in template)
+
+
+def _fill(template: Any, values: dict[str, Any]) -> Any:
+    return [values[e.name] if isinstance(e, Param) else e for e in template] if _searched(template) else template
 
 
 @dataclass(frozen=True)
@@ -114,7 +133,7 @@ class SearchSpace:
             if fam.family == name or flat:
                 values = {param.name: param.suggest(trial, fam.family) for param in fam.params}
                 if fam.family == name:
-                    kwargs = {**fam.fixed, **values}
+                    kwargs = fam.kwargs(values)
         return get_family(name).config_class.from_dict(kwargs)
 
     @staticmethod
@@ -133,7 +152,15 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         families = {}
         for fam in self.families:
-            families[fam.family] = {**fam.fixed, **{p.name: p.to_dict() for p in fam.params}}
+            knobs: dict[str, Any] = {}
+            for p in fam.params:  # in the file's order, a list knob where its first searched element is
+                knob = p.name.split("/", 1)[0]
+                knobs[knob] = knobs.get(knob) or (
+                    [e.to_dict() if isinstance(e, Param) else e for e in fam.fixed[knob]]
+                    if "/" in p.name
+                    else p.to_dict()
+                )
+            families[fam.family] = {**knobs, **{k: v for k, v in fam.fixed.items() if k not in knobs}}
         out: dict[str, Any] = {"name": self.name, "families": families}
         if self.description:
             out["description"] = self.description
@@ -221,6 +248,14 @@ def _family_space(name: str, knobs: Any, problems: list[str]) -> FamilySpace | N
             param = _param(knob, spec, where, problems)
             if param is not None:
                 params.append(param)
+        elif isinstance(spec, list) and any(isinstance(e, dict) for e in spec):
+            elements = [
+                _param(f"{knob}/{i}", e, f"{where}[{i}]", problems) if isinstance(e, dict) else e
+                for i, e in enumerate(spec)
+            ]
+            if all(e is not None or not isinstance(raw, dict) for e, raw in zip(elements, spec)):
+                fixed[knob] = tuple(elements)
+                params += [e for e in elements if isinstance(e, Param)]
         else:
             fixed[knob] = spec
     return FamilySpace(family=name, params=tuple(params), fixed=fixed)
@@ -284,7 +319,7 @@ def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None) -> N
     values = [p.corners() for p in fam.params]
     combos = itertools.islice(itertools.product(*values), 256) if values else [()]
     for combo in combos:
-        kwargs = {**fam.fixed, **{p.name: v for p, v in zip(fam.params, combo)}}
+        kwargs = fam.kwargs({p.name: v for p, v in zip(fam.params, combo)})
         try:
             config = config_class.from_dict(kwargs, field=f"families.{fam.family}")
             if spec is not None:

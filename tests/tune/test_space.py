@@ -49,6 +49,33 @@ def test_fixed_knob_is_not_searched() -> None:
     assert space.suggest(trial).dropout == 0.25
 
 
+def test_list_knob_searches_each_element() -> None:
+    """CST's pruning ratio per stage: one Optuna parameter per searched element, fixed elements kept, replayed and
+    written back the same; a bad element is named by its index; the length is checked against the backbone."""
+    from autoside.backbones import create_backbone
+    from autoside.sidenets import create_sidenet
+
+    ratio = {"type": "float", "low": 0.0, "high": 0.75, "step": 0.25}
+    space = space_from_dict({"families": {"cst": {"stage_prune_ratios": [0.25, ratio, {"choices": [0.0, 0.5]}, 0.5]}}})
+    assert space.size() == 4 * 2
+    params = {"family": "cst", "cst/stage_prune_ratios/1": 0.75, "cst/stage_prune_ratios/2": 0.5}
+    assert space.config_from_params(params).stage_prune_ratios == (0.25, 0.75, 0.5, 0.5)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    config = space.suggest(trial)
+    assert set(trial.params) == {"family", "cst/stage_prune_ratios/1", "cst/stage_prune_ratios/2"}
+    assert space.config_from_params(trial.params) == config
+    assert space_from_dict(space.to_dict()) == space
+    assert "stage_prune_ratios[1].type: expected one of" in _error(
+        {"families": {"cst": {"stage_prune_ratios": [0.5, {"type": "flot"}, 0.5, 0.5]}}}
+    )
+    assert "stage_prune_ratios[1]: must be in [0, 1), got 1.0" in _error(
+        {"families": {"cst": {"stage_prune_ratios": [0.5, {**ratio, "high": 1.0}, 0.5, 0.5]}}}
+    )
+    lite0 = create_backbone("tf_efficientnet_lite0", weights="random", image_size=32)  # 7 stages
+    with pytest.raises(ConfigError, match=r"stage_prune_ratios: must list one ratio per stage \(7 for"):
+        create_sidenet(space.config_from_params(params), lite0, 3)
+
+
 def _error(data: dict) -> str:
     with pytest.raises(ConfigError) as info:
         space_from_dict(data, source="s.yaml")
