@@ -55,8 +55,9 @@ class AutosideOptunaSearch(OptunaSearch):
         pending: frozen RUNNING trials of a previous driver, handed out again first.
         scheduler: the early-stopping scheduler in use, if any; it lists the trials it stopped in ``stopped``
             (:mod:`autoside.tune.schedulers`).
-        on_finish: ``(number, status, last_result, params)`` called for trials the worker could not record itself
-            (pruned, crashed) before they are told; the driver writes their ``result.json`` there.
+        on_finish: ``(number, status, last_result, params)`` called for every finished trial before it is told; the
+            driver writes its ``result.json`` there (from the record the trial sent in its last result, or, for a
+            trial its worker could not finish (pruned, crashed), from what it reported last).
         on_told: ``(number, status)`` after each tell (progress display).
         on_duplicate: ``(number, original, params)`` for a proposal not trained because trial ``original`` ran it.
         resources: optional ``config -> extra config`` (e.g. a memory prediction for GPU packing).
@@ -219,8 +220,8 @@ class AutosideOptunaSearch(OptunaSearch):
                 # Stopped by the driver shutting down (Ctrl-C): not finished, so not told; a resume runs it again.
                 self._completed_trials.add(trial_id)
                 return
-            if self.on_finish is not None:
-                self.on_finish(ot_trial.number, status, last, self._configs[trial_id]["params"])
+        if self.on_finish is not None:  # the driver writes the record before the tell (progress reads it)
+            self.on_finish(ot_trial.number, status, last, self._configs[trial_id]["params"])
         self.tell(ot_trial, status, last)
         self._completed_trials.add(trial_id)
 

@@ -96,7 +96,7 @@ def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -
     assert trials[2].state == S.PRUNED and trials[2].values is None and trials[2].constraints == {"memory": -200}
     assert trials[3].state == S.FAIL
     assert trials[4].state == S.RUNNING
-    assert recorded == [(2, "pruned"), (3, "failed")]
+    assert recorded == [(0, "ok"), (1, "infeasible"), (2, "pruned"), (3, "failed")]
     # Optuna's own Pareto set ignores the infeasible trial.
     assert [t.number for t in searcher.study.best_trials] == [0]
 
@@ -120,7 +120,6 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
     ctx = TrialContext(
         name="x",
-        search_dir=str(tmp_path / "x"),
         space=SPACE,
         recipe=RECIPE,
         budget_bytes=BUDGET,
@@ -132,7 +131,7 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     assert record["status"] == "infeasible"
     assert record["metrics"]["memory_source"] == "stopped_at_budget"
     assert record["metrics"]["peak_memory_bytes"] > BUDGET
-    assert json.loads((tmp_path / "x" / "trials" / "0000" / "result.json").read_text())["status"] == "infeasible"
+    assert "mlflow_pending" not in record  # everything reached the store
     run = tracking.client(uri).get_run(record["mlflow_run_id"])
     assert run.data.tags["status"] == "infeasible"
     # Its memory at the stop is in its MLflow run; it has no accuracy (it never finished), in MLflow or its record.
@@ -156,7 +155,9 @@ def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytes
     )
     write_json_atomic(tmp_path / "trials" / "0000" / "result.json", record)
     meta = {"name": "p", "budget_bytes": 2**20}
-    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
+    state = DriverState(
+        tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None, outbox=None
+    )
     Progress(state).told(0, "infeasible")
     line = capsys.readouterr().out
     assert "full: acc -, mem 3 MiB" in line and "best within budget -" in line
@@ -177,7 +178,7 @@ def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_i
     monkeypatch.setattr(autoside.train, "train_model", broken)
     uri = tracking.default_tracking_uri(tmp_path)
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
-    ctx = TrialContext("x", str(tmp_path / "x"), SPACE, RECIPE, None, uri, experiment, parent)
+    ctx = TrialContext("x", SPACE, RECIPE, None, uri, experiment, parent)
     first = execute_trial(ctx, 3, {"family": "linear", "linear/dropout": 0.1})
     assert first["status"] == "failed" and "side network exploded" in first["reason"] and first["restarts"] == 0
     client = tracking.client(uri)
