@@ -71,6 +71,7 @@ def mlflow_client(tracking_uri: str | None):  # noqa: ANN201 - mlflow is importe
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a command's one-line errors
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri)

@@ -317,6 +317,7 @@ def test_old_search_folder_with_weights_on_disk_exports(
             autoside.load(trial_weights(_search(root).trial(0)), tracking_uri=_search(root).tracking_uri)(x),
         )
     # Neither on disk nor in the store asked for: one line naming both.
+    capsys.readouterr()
     assert _export(root, tmp_path / "out2", "--trial", "1", "--tracking-uri", empty) == 1
     err = capsys.readouterr().err
     assert "has no saved side network weights" in err and empty in err and len(err.strip().splitlines()) == 1
