@@ -97,7 +97,7 @@ class DriverState:
     study_name: str
     storage: Any
     context: TrialContext
-    outbox: Outbox
+    outbox: Outbox | None = None  # set by prepare; a state built for the searcher alone has none
     pending: list[Any] = field(default_factory=list)
     remaining: int = 0
     searcher: Any = None

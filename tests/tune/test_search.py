@@ -96,7 +96,7 @@ def test_searcher_tells_pruned_infeasible_and_failed_correctly(tmp_path: Path) -
     assert trials[2].state == S.PRUNED and trials[2].values is None and trials[2].constraints == {"memory": -200}
     assert trials[3].state == S.FAIL
     assert trials[4].state == S.RUNNING
-    assert recorded == [(0, "ok"), (1, "infeasible"), (2, "pruned"), (3, "failed")]
+    assert recorded == [(2, "pruned"), (3, "failed")]
     # Optuna's own Pareto set ignores the infeasible trial.
     assert [t.number for t in searcher.study.best_trials] == [0]
 
@@ -155,9 +155,7 @@ def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytes
     )
     write_json_atomic(tmp_path / "trials" / "0000" / "result.json", record)
     meta = {"name": "p", "budget_bytes": 2**20}
-    state = DriverState(
-        tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None, outbox=None
-    )
+    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
     Progress(state).told(0, "infeasible")
     line = capsys.readouterr().out
     assert "full: acc -, mem 3 MiB" in line and "best within budget -" in line
