@@ -9,7 +9,8 @@ Reported: trials completed (``ok`` records) and lost (asked for but without a re
 must be there once), the driver's peak resident memory (``VmHWM`` of its process, read while it runs), the search's
 wall time, the mean trial time (inside the trial, from each record) and the *per-trial overhead*: the worker slot time
 not spent inside trials, ``(wall x slots - sum of trial times) / trials`` (scheduling, Ray's result stream, the
-driver's bookkeeping, MLflow writes, the Optuna study).
+driver's bookkeeping, MLflow writes, the Optuna study), over the whole search and in the steady state (between the
+10th and the 90th percentile of finish times, so without the start-up: connecting, the pre-flight, first workers).
 
     python benchmarks/search_load.py --trials 200
 """
@@ -79,7 +80,7 @@ def run_search(args: argparse.Namespace, tmp: Path, cluster: LoopbackCluster, tr
     cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp / "space.yaml"), str(tmp / "recipe.yaml")]
     cmd += ["--num-samples", str(args.trials), "--max-concurrent", str(args.max_concurrent), "--name", "load"]
     cmd += ["--address", cluster.address, "--tracking-uri", tracking_uri, "--root", str(driver_dir), "--quiet"]
-    started = time.monotonic()
+    started, t0 = time.monotonic(), time.time()
     with open(tmp / "driver.log", "wb") as log:
         driver = subprocess.Popen(cmd, cwd=driver_dir, env=cluster.env(), stdout=log, stderr=log)
     peak = 0
@@ -97,6 +98,13 @@ def run_search(args: argparse.Namespace, tmp: Path, cluster: LoopbackCluster, tr
     trial_s = [float(r["wall_time_s"]) for r in records if "wall_time_s" in r]
     nodes = {r.get("node_id") for r in records}
     slots = args.max_concurrent
+    finished = sorted(float(r["finished_at"]) for r in records if "finished_at" in r)
+    lo, hi = int(0.1 * len(finished)), max(int(0.9 * len(finished)) - 1, 0)
+    steady = None
+    if hi > lo:
+        interval = (finished[hi] - finished[lo]) / (hi - lo)  # one trial finishes every `interval` seconds
+        steady = round(interval * slots - statistics.mean(trial_s), 2)
+    first_start = min((float(r["finished_at"]) - float(r["wall_time_s"]) for r in records), default=t0)
     return {
         "trials_asked": args.trials,
         "completed_ok": sum(r["status"] == "ok" for r in records),
@@ -111,6 +119,8 @@ def run_search(args: argparse.Namespace, tmp: Path, cluster: LoopbackCluster, tr
         "wall_s": round(wall, 1),
         "mean_trial_s": round(statistics.mean(trial_s), 2) if trial_s else None,
         "per_trial_overhead_s": round((wall * slots - sum(trial_s)) / max(1, len(records)), 2),
+        "steady_per_trial_overhead_s": steady,
+        "startup_s": round(first_start - t0, 1),
         "trials_per_minute": round(len(records) / wall * 60, 1),
         "workers": args.workers,
         "max_concurrent": slots,
