@@ -7,8 +7,10 @@ trial's status (``ok`` / ``infeasible`` / ``pruned`` / ``failed``) as the tag ``
 front members, and the exported side network as the artifact folder ``side_network``.
 
 Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids (never MLflow's global "active
-run"), so the driver and several trials in one process or many can log at the same time. The default store is a
-SQLite file beside the searches (``sqlite:///<root>/mlflow.db``), artifacts in ``<root>/mlartifacts``.
+run"), so the driver and several trials in one process or many can log at the same time; the writes of a search go
+through :class:`autoside.tune.journal.Journal`, which waits out a tracking server that is down. The default store is
+a SQLite file beside the searches (``sqlite:///<root>/mlflow.db``), artifacts in ``<root>/mlartifacts``; a file
+store keeps its artifacts in its own folder, a tracking server where it was told to.
 """
 
 from __future__ import annotations
