@@ -134,14 +134,25 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
             **{f"hardware.{k}": v for k, v in tracking.hardware().items()},
             "autoside.role": "search",
         }
-        experiment_id, parent = tracking.start_parent(
-            meta["tracking_uri"],
-            root,
-            meta["name"],
-            params=params,
-            tags=tags,
-            artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
-        )
+        try:
+            experiment_id, parent = tracking.start_parent(
+                meta["tracking_uri"],
+                root,
+                meta["name"],
+                params=params,
+                tags=tags,
+                artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
+            )
+        except Exception as exc:  # noqa: BLE001 - a store that is down at the start is the user's to fix
+            from autoside.errors import ConfigError
+            from autoside.tune.journal import transient
+
+            if not transient(exc):
+                raise
+            raise ConfigError(
+                f"--tracking-uri {meta['tracking_uri']}: the MLflow store does not answer ({str(exc).splitlines()[0]}"
+                f"); a search needs it at its start (later outages are waited out)"
+            ) from None
         meta.update(experiment_id=experiment_id, parent_run_id=parent)
     outbox = Outbox(path, meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"])
     if not new:  # also sends what the previous driver could not

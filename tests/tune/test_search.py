@@ -449,3 +449,19 @@ def test_knob_less_family_is_trained_once(tmp_path: Path, ray_cluster: None, cap
     )
     assert len(result.trials) == 1 and result.status == "finished"
     assert "no untried configuration of space 'probe' is left" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_tracking_server_down_at_the_start_is_one_line(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    from autoside.tune.loopback import free_port
+
+    space, recipe = _write(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["search", str(space), str(recipe), "--root", str(tmp_path / "runs"), "--name", "down"]
+    assert main([*args, "--tracking-uri", uri, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--tracking-uri {uri}: the MLflow store does not answer" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "down").exists()
