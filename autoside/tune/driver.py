@@ -58,22 +58,22 @@ def connect_ray(address: str | None) -> bool:
 
 
 def check_tracking_reachable(tracking_uri: str) -> None:
-    """With more than one Ray node, trials on other nodes must reach the MLflow store: a tracking server does; a
-    SQLite file is refused (SQLite over a network file system corrupts); a file store (a folder) must be proven to
-    be the same folder on every node (:mod:`autoside.tune.shared`)."""
+    """With more than one Ray node, trials on other nodes must reach the MLflow store: a tracking server or a
+    database server does; a SQLite file is refused (SQLite over a network file system corrupts); a file store (a
+    folder) must be proven to be the same folder on every node (:mod:`autoside.tune.shared`)."""
     import ray
 
     from autoside.errors import ConfigError
     from autoside.tune.shared import unshared_nodes
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes <= 1 or tracking.is_server(tracking_uri):
-        return
+    folder = tracking.file_store_folder(tracking_uri)
+    if nodes <= 1 or (folder is None and not tracking_uri.startswith("sqlite:")):
+        return  # one node, or a store every node reaches over the network (a tracking server, PostgreSQL, ...)
     server = (
         "start a tracking server (mlflow server --host HOST --port 5000 --backend-store-uri sqlite:///mlflow.db) "
         "and pass --tracking-uri http://HOST:5000"
     )
-    folder = tracking.file_store_folder(tracking_uri)
     if folder is None:
         raise ConfigError(
             f"--tracking-uri {tracking_uri}: the Ray cluster has {nodes} nodes, and trials on other nodes cannot write "

@@ -41,10 +41,10 @@ def is_server(tracking_uri: str) -> bool:
 
 def file_store_folder(tracking_uri: str) -> str | None:
     """The folder of a file-based MLflow store (``file:///path``, ``file:rel`` or a plain path), as given (a relative
-    one is resolved by each process in its own working directory); None for a server or a database (SQLite)."""
+    one is resolved by each process in its own working directory); None for a server or a database (SQLite, ...)."""
     from urllib.parse import urlparse
 
-    if "://" not in tracking_uri and not tracking_uri.startswith("file:"):
+    if "://" not in tracking_uri and not tracking_uri.startswith(("file:", "databricks")):
         return tracking_uri
     parsed = urlparse(tracking_uri)
     if parsed.scheme != "file":
