@@ -12,7 +12,7 @@ not spent inside trials, ``(wall x slots - sum of trial times) / trials`` (sched
 driver's bookkeeping, MLflow writes, the Optuna study), over the whole search and in the steady state (between the
 10th and the 90th percentile of finish times, so without the start-up: connecting, the pre-flight, first workers).
 
-    python benchmarks/search_load.py --trials 200
+    python benchmarks/search_load.py --trials 200 [--no-cache] [--train-images 1024]
 """
 
 from __future__ import annotations
@@ -50,13 +50,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=1, help="CPUs per worker node")
     parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--train-images", type=int, default=64, help="training images per trial (trial length)")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="trials run the backbone themselves (seconds each, not ~0.5 s)"
+    )
     parser.add_argument("--out", default="benchmarks/results/search_load.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="autoside-load-") as tmp:
         tmp = Path(tmp)
         (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(tiny_search_recipe(train=64, val=32, test=32)))
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(tiny_search_recipe(train=args.train_images, val=32, test=32)))
         server = MlflowServer(tmp / "mlflow")
         server.start()
         try:
@@ -80,6 +84,7 @@ def run_search(args: argparse.Namespace, tmp: Path, cluster: LoopbackCluster, tr
     cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp / "space.yaml"), str(tmp / "recipe.yaml")]
     cmd += ["--num-samples", str(args.trials), "--max-concurrent", str(args.max_concurrent), "--name", "load"]
     cmd += ["--address", cluster.address, "--tracking-uri", tracking_uri, "--root", str(driver_dir), "--quiet"]
+    cmd += ["--no-cache"] if args.no_cache else []
     started, t0 = time.monotonic(), time.time()
     with open(tmp / "driver.log", "wb") as log:
         driver = subprocess.Popen(cmd, cwd=driver_dir, env=cluster.env(), stdout=log, stderr=log)
@@ -124,6 +129,8 @@ def run_search(args: argparse.Namespace, tmp: Path, cluster: LoopbackCluster, tr
         "trials_per_minute": round(len(records) / wall * 60, 1),
         "workers": args.workers,
         "max_concurrent": slots,
+        "feature_cache": not args.no_cache,
+        "train_images": args.train_images,
     }
 
 
