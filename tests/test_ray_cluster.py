@@ -46,19 +46,41 @@ def test_cluster_config_is_current_and_complete(cluster: dict) -> None:
     assert "mlflow server" in head and "--artifacts-destination" in head and "--dashboard-host=127.0.0.1" in head
 
 
+def _lines(text: str) -> list[str]:
+    return [
+        line.split("  #")[0].strip()
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.strip()
+    ]
+
+
 def _autoside_commands(text: str) -> list[list[str]]:
     """Every ``autoside ...`` command line in the document's shell blocks, with ``ray exec '...'`` unwrapped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            inner = re.search(r"'(.*)'$", line)
-            line = inner.group(1) if line.startswith("ray exec") and inner else line
-            for part in line.split("&&"):
-                words = shlex.split(part.replace('$(hostname -I | cut -d" " -f1)', "10.0.0.2"))
-                if words and words[0] == "autoside":
-                    commands.append(words[1:])
+    for line in _lines(text):
+        inner = re.search(r"'(.*)'$", line)
+        line = inner.group(1) if line.startswith("ray exec") and inner else line
+        for part in line.split("&&"):
+            words = shlex.split(part.replace('$(hostname -I | cut -d" " -f1)', "10.0.0.2"))
+            if words and words[0] == "autoside":
+                commands.append(words[1:])
     return commands
+
+
+def test_every_ray_command_in_the_cluster_guide_parses() -> None:
+    """Each ``ray ...`` line is a command and options Ray's own CLI accepts (parsed, not run), on this config."""
+    from ray.scripts.scripts import cli
+
+    lines = [
+        shlex.split(line) for line in _lines((REPO / "docs" / "cluster.md").read_text()) if line.startswith("ray ")
+    ]
+    assert {words[1] for words in lines} >= {"up", "exec", "attach", "rsync-down", "down"}
+    for words in lines:
+        command = cli.get_command(None, words[1])
+        assert command is not None, words
+        command.make_context(words[1], words[2:])
+        assert words[2] == "ray_cluster.yaml"
 
 
 def test_every_autoside_command_in_the_cluster_guide_parses() -> None:

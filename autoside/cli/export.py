@@ -32,7 +32,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         metavar="MODEL_NAME",
         help="also log the export as an MLflow pyfunc model and register it under this name",
     )
-    p.add_argument("--tracking-uri", help="MLflow registry for --register (default: the search's tracking URI)")
+    p.add_argument(
+        "--tracking-uri",
+        help="the MLflow tracking server the trial's weights are fetched from when they are not in the search folder "
+        "(default: the search's tracking URI)",
+    )
+    p.add_argument("--registry-uri", help="MLflow registry for --register (default: --tracking-uri, else the search's)")
     p.add_argument("--json", action="store_true", help="print what was exported as JSON")
 
 
@@ -54,6 +59,7 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.force,
         register=args.register,
         tracking_uri=args.tracking_uri,
+        registry_uri=args.registry_uri,
     )
     info = read_side_config(out)
     metrics = info.get("metrics") or {}

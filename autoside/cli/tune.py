@@ -50,7 +50,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--objectives", help="accuracy,memory (default) or accuracy,memory,params")
     p.add_argument("--address", help="Ray cluster: 'auto' for a running one (default: a local one on 127.0.0.1)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<root>/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default sqlite:///<root>/mlflow.db); on a multi-node cluster an mlflow server "
+        "(http://HOST:5000) or a file store on a folder every node mounts",
+    )
     p.add_argument("--name", help="name of the search (default: <space>-<recipe>-<time>)")
     p.add_argument("--root", help=f"folder of the searches (default ./{DEFAULT_ROOT})")
     p.add_argument("--resume", metavar="NAME", help="continue the search NAME whose driver was stopped or killed")

@@ -145,27 +145,47 @@ def _safetensors_metadata(file: Path) -> dict[str, str]:
         return {}
 
 
+def fetch_run_artifacts(uri: str, tracking_uri: str | None, into: Path) -> Path:
+    """Download ``runs:/<run id>/<path>`` from the MLflow store at ``tracking_uri`` into ``into``; its local folder."""
+    from autoside.tune.journal import mlflow_client, retry
+
+    run_id, _, artifact = uri.removeprefix("runs:/").partition("/")
+    if not run_id or not artifact:
+        raise ConfigError(f"{uri}: expected runs:/<run id>/<artifact path>, e.g. runs:/0a1b.../side_network")
+    client = mlflow_client(tracking_uri)
+    return Path(retry(lambda: client.download_artifacts(run_id, artifact.rstrip("/"), str(into))))
+
+
 def load(
     path: str | Path,
     *,
     backbone: Backbone | None = None,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
+    tracking_uri: str | None = None,
 ) -> ExportedSideNet:
     """An exported side network on its frozen backbone, in eval mode, ready to predict.
 
     Args:
-        path: the export folder.
+        path: the export folder, or ``runs:/<run id>/side_network``: a search trial's weights in MLflow (fetched
+            from ``tracking_uri``, default MLflow's own: ``$MLFLOW_TRACKING_URI``).
         backbone: the backbone to put it on (needed when it was trained on a random-weight backbone); otherwise the
             backbone is rebuilt from the saved spec. Either way its frozen weights must hash to the recorded value.
         checkpoint: the backbone checkpoint file, when the backbone was loaded from one.
         device: where to put the model (``"auto"``: CUDA when available).
+        tracking_uri: the MLflow store a ``runs:/`` path is read from.
 
     Returns:
         An :class:`~autoside.export.load.ExportedSideNet`: ``model(x)`` gives logits for preprocessed input (like the
         trained model), ``model.preprocess`` turns uint8 images into that input, ``model.predict(images)`` does both
         and returns probabilities, ``model.classes`` names the labels.
     """
+    if str(path).startswith("runs:/"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = fetch_run_artifacts(str(path), tracking_uri, Path(scratch))
+            return load(folder, backbone=backbone, checkpoint=checkpoint, device=device)
     from autoside.data import Preprocess
     from autoside.sidenets import create_sidenet
     from autoside.train import resolve_device

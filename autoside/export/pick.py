@@ -88,26 +88,29 @@ def replay_config(search: Any, record: Any) -> Any:
     return config
 
 
-def _trial_weights_dir(search: Any, record: Any, scratch: Path) -> Path:
+def _trial_weights_dir(search: Any, record: Any, scratch: Path, tracking_uri: str | None) -> Path:
+    """The trial's saved side network: in the search folder (searches before weights went to MLflow only, or sent
+    there while the tracking server was down), else the MLflow artifact ``runs:/<run id>/side_network``."""
     if record.artifact_dir is not None and Path(record.artifact_dir).is_dir():
         return Path(record.artifact_dir)
     run_id = getattr(record, "mlflow_run_id", None)
+    uri = tracking_uri or search.tracking_uri
     if run_id:
-        from autoside.tune.tracking import client
+        from autoside.export.load import fetch_run_artifacts
 
         try:
-            return Path(client(search.tracking_uri).download_artifacts(run_id, "side_network", str(scratch)))
+            return fetch_run_artifacts(f"runs:/{run_id}/side_network", uri, scratch)
         except Exception as exc:  # noqa: BLE001 - any MLflow failure means the weights are not there
-            detail = f" (MLflow run {run_id}: {str(exc).splitlines()[0][:160]})"
+            detail = f" (MLflow run {run_id} at {uri}: {str(exc).splitlines()[0][:160]})"
     else:
-        detail = ""
+        detail = " (no MLflow run recorded)"
     raise ExportError(
-        f"trial {record.trial_id} of search {search.name!r} has no saved side network weights "
-        f"(no {search.dir / 'trials' / record.trial_id / 'side_network'}){detail}"
+        f"trial {record.trial_id} of search {search.name!r} has no saved side network weights: not in "
+        f"{search.dir / 'trials' / record.trial_id / 'side_network'} nor in MLflow{detail}"
     )
 
 
-def rebuild_trial(search: Any, record: Any) -> tuple[SideNet, dict[str, Any]]:
+def rebuild_trial(search: Any, record: Any, *, tracking_uri: str | None = None) -> tuple[SideNet, dict[str, Any]]:
     """The trial's trained side network on its backbone (eval mode), and its saved ``side_config.json``."""
     from autoside.export.format import read_side_config
     from autoside.export.load import config_from_info, load_state_strict, read_weights
@@ -115,7 +118,7 @@ def rebuild_trial(search: Any, record: Any) -> tuple[SideNet, dict[str, Any]]:
 
     config = replay_config(search, record)
     with tempfile.TemporaryDirectory() as scratch:
-        folder = _trial_weights_dir(search, record, Path(scratch))
+        folder = _trial_weights_dir(search, record, Path(scratch), tracking_uri)
         info = read_side_config(folder)
         # The saved config may hold what the family resolved when it was built (CST's pruned widths): it is the one
         # to rebuild, once it is known to be the trial's.
@@ -148,6 +151,7 @@ def export_trial(
     overwrite: bool = False,
     register: str | None = None,
     tracking_uri: str | None = None,
+    registry_uri: str | None = None,
 ) -> tuple[Path, Any]:
     """Export one trial of search ``name`` to ``out_dir``; returns the folder and the trial record.
 
@@ -158,13 +162,15 @@ def export_trial(
         root: where searches live (default ``autoside_runs``).
         overwrite: replace an existing ``out_dir``.
         register: also log the export as an MLflow pyfunc model and register it under this name.
-        tracking_uri: the MLflow registry for ``register`` (default: the search's tracking URI).
+        tracking_uri: where the trial's weights are fetched from when they are not in the search folder (default:
+            the search's tracking URI; from a laptop, the server as it reaches it).
+        registry_uri: the MLflow registry for ``register`` (default: ``tracking_uri``, else the search's).
     """
     from autoside.tune.results import open_search
 
     search = open_search(name, root=root)
     record, chosen_by = pick_trial(search, trial=trial, budget=budget, knee=knee)
-    model, info = rebuild_trial(search, record)
+    model, info = rebuild_trial(search, record, tracking_uri=tracking_uri)
     recipe = search.recipe
     extra = {
         **(info.get("extra") or {}),
@@ -186,7 +192,7 @@ def export_trial(
         register_model(
             out,
             register,
-            tracking_uri=tracking_uri or search.tracking_uri,
+            tracking_uri=registry_uri or tracking_uri or search.tracking_uri,
             experiment=search.name,
             backbone_checkpoint=recipe.backbone.checkpoint,
             backbone=model.backbone,

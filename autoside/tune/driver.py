@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from autoside.tune import tracking
+from autoside.tune.journal import PARENT, Journal, log_op, now_ms
+from autoside.tune.outbox import Outbox, store_record
 from autoside.tune.results import RESULT_FILE, SearchResult, open_search, read_records
-from autoside.tune.trial import TrialContext, result_record, trial_id_of, write_json_atomic
+from autoside.tune.trial import PENDING_KEY, RECORD_KEY, TrialContext, result_record, trial_id_of, write_json_atomic
 from autoside.units import format_bytes
 
 TRIAL_RETRIES = 1
@@ -56,18 +58,32 @@ def connect_ray(address: str | None) -> bool:
 
 
 def check_tracking_reachable(tracking_uri: str) -> None:
-    """Refuse a file-based MLflow store (SQLite, a folder) when trials may run on other nodes, which could not reach
-    it (and SQLite over a network file system corrupts)."""
+    """With more than one Ray node, trials on other nodes must reach the MLflow store: a tracking server or a
+    database server does; a SQLite file is refused (SQLite over a network file system corrupts); a file store (a
+    folder) must be proven to be the same folder on every node (:mod:`autoside.tune.shared`)."""
     import ray
 
     from autoside.errors import ConfigError
+    from autoside.tune.shared import unshared_nodes
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes > 1 and not tracking.is_server(tracking_uri):
+    folder = tracking.file_store_folder(tracking_uri)
+    if nodes <= 1 or (folder is None and not tracking_uri.startswith("sqlite:")):
+        return  # one node, or a store every node reaches over the network (a tracking server, PostgreSQL, ...)
+    server = (
+        "start a tracking server (mlflow server --host HOST --port 5000 --backend-store-uri sqlite:///mlflow.db) "
+        "and pass --tracking-uri http://HOST:5000"
+    )
+    if folder is None:
         raise ConfigError(
             f"--tracking-uri {tracking_uri}: the Ray cluster has {nodes} nodes, and trials on other nodes cannot write "
-            f"to a local MLflow store; start a tracking server (mlflow server --host HOST --port 5000 "
-            f"--backend-store-uri sqlite:///mlflow.db) and pass --tracking-uri http://HOST:5000"
+            f"to a local MLflow store; {server}"
+        )
+    missing = unshared_nodes(folder)
+    if missing:
+        raise ConfigError(
+            f"--tracking-uri {tracking_uri}: the folder {folder} is not shared with Ray node(s) {', '.join(missing)} "
+            f"(a file a task wrote there on that node did not appear here); mount it on every node, or {server}"
         )
 
 
@@ -81,6 +97,7 @@ class DriverState:
     study_name: str
     storage: Any
     context: TrialContext
+    outbox: Outbox | None = None  # set by prepare; a state built for the searcher alone has none
     pending: list[Any] = field(default_factory=list)
     remaining: int = 0
     searcher: Any = None
@@ -117,24 +134,35 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
             **{f"hardware.{k}": v for k, v in tracking.hardware().items()},
             "autoside.role": "search",
         }
-        experiment_id, parent = tracking.start_parent(
-            meta["tracking_uri"],
-            root,
-            meta["name"],
-            params=params,
-            tags=tags,
-            artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
-        )
+        try:
+            experiment_id, parent = tracking.start_parent(
+                meta["tracking_uri"],
+                root,
+                meta["name"],
+                params=params,
+                tags=tags,
+                artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
+            )
+        except Exception as exc:  # noqa: BLE001 - a store that is down at the start is the user's to fix
+            from autoside.errors import ConfigError
+            from autoside.tune.journal import transient
+
+            if not transient(exc):
+                raise
+            raise ConfigError(
+                f"--tracking-uri {meta['tracking_uri']}: the MLflow store does not answer ({str(exc).splitlines()[0]}"
+                f"); a search needs it at its start (later outages are waited out)"
+            ) from None
         meta.update(experiment_id=experiment_id, parent_run_id=parent)
-    else:
-        tracking.reopen(meta["tracking_uri"], meta["parent_run_id"])
+    outbox = Outbox(path, meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"])
+    if not new:  # also sends what the previous driver could not
+        outbox.search_ops([{"op": "reopen", "run": PARENT}])
     meta["status"] = "running"
     meta["attempts"] = int(meta.get("attempts", 0)) + 1
     write_meta(path, meta)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(path / 'optuna.db').resolve()}")
     context = TrialContext(
         name=meta["name"],
-        search_dir=str(path.resolve()),
         space=meta["space"],
         recipe={**meta["recipe"], "device": device},
         budget_bytes=meta["budget_bytes"],
@@ -143,7 +171,9 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
         parent_run_id=meta["parent_run_id"],
         threads=max(1, int(opts.cpus_per_trial)),
     )
-    state = DriverState(path, meta, space, recipe, opts, study_name=meta["name"], storage=storage, context=context)
+    state = DriverState(
+        path, meta, space, recipe, opts, study_name=meta["name"], storage=storage, context=context, outbox=outbox
+    )
     if not new:
         _reconcile(state)
     finished = len(read_records(path))
@@ -186,13 +216,12 @@ def _reconcile(state: DriverState) -> None:
         else:
             rerun.append(frozen)
             shutil.rmtree(state.path / "trials" / trial_id_of(frozen.number), ignore_errors=True)
-    if rerun:
-        tracking.delete_trial_runs(
-            state.meta["tracking_uri"],
-            state.meta["experiment_id"],
-            state.meta["parent_run_id"],
-            [t.number for t in rerun],
-        )
+    if rerun:  # MLflow runs their killed attempts left (any started before now) go
+        before, parent = now_ms(), state.meta["parent_run_id"]
+        ops = [
+            {"op": "delete_earlier", "run": None, "parent": parent, "number": t.number, "before": before} for t in rerun
+        ]
+        state.outbox.search_ops(ops)
     state.pending = rerun
 
 
@@ -203,7 +232,7 @@ def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, 
     sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples, told=_told(state))
 
     def on_finish(number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
-        _record_unfinished(state, number, status, last, params)
+        _record(state, number, status, last, params)
 
     return AutosideOptunaSearch(
         state.space,
@@ -231,27 +260,49 @@ def _told(state: DriverState) -> int:
         return 0
 
 
-def _record_unfinished(
-    state: DriverState, number: int, status: str, last: dict[str, Any], params: dict[str, Any]
-) -> None:
-    """Write ``result.json`` and close the MLflow run of a trial its worker could not finish (pruned, crashed)."""
+def _record(state: DriverState, number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
+    """Write a finished trial's ``result.json``: the record it sent with its last result, or, for a trial its worker
+    could not finish (pruned, crashed), one made here, its MLflow run closed (created if none is known)."""
+    if RECORD_KEY in last:
+        record = store_record(state.path, json.loads(last[RECORD_KEY]))
+        if record.get(PENDING_KEY):
+            state.outbox.trial_ops(record["trial_id"])
+        return
     config = state.space.config_from_params(params).to_dict()
     metrics = {k: last[k] for k in ("val_accuracy", "peak_memory_bytes", "train_loss", "epoch") if k in last}
-    run_id = last.get("mlflow_run_id")
     reason = "stopped early by the scheduler" if status == "pruned" else "the trial's worker died"
-    if run_id:
-        tracking.TrialRun(state.meta["tracking_uri"], run_id).finish(status, None, tags={"reason": reason})
+    # What the worker had not sent when it reported last, then the run's end.
+    journal = Journal(
+        state.meta["tracking_uri"], state.meta["experiment_id"], ops=json.loads(last.get(PENDING_KEY, "[]"))
+    )
+    key = last.get("mlflow_run_key")
+    if key:
+        run = tracking.TrialRun(journal, key)
+    else:
+        run = tracking.TrialRun.start(
+            journal,
+            state.meta["parent_run_id"],
+            number=number,
+            trial_id=trial_id_of(number),
+            search=state.meta["name"],
+            params=params,
+            config=config,
+        )
+    run.finish(status, None, tags={"reason": reason})
     record = result_record(
         number=number,
         params=params,
         config=config,
         status=status,
         metrics=metrics,
-        mlflow_run_id=run_id,
+        mlflow_run_id=run.run_id,
+        mlflow_run_key=run.key,
         reason=reason,
         finished_at=time.time(),
+        **{PENDING_KEY: journal.pending},
     )
-    write_json_atomic(state.path / "trials" / trial_id_of(number) / RESULT_FILE, record)
+    if store_record(state.path, record).get(PENDING_KEY):
+        state.outbox.trial_ops(record["trial_id"])
 
 
 def run_tuner(state: DriverState) -> bool:
@@ -439,25 +490,79 @@ def _repeats(state: DriverState) -> dict[int, int]:
 
 
 def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> SearchResult:
-    """Tag the Pareto members, log pareto.csv / pareto.png / hypervolume to the parent run, close it."""
-    from autoside.tune.pareto import knee_point, pareto_front, plot, search_hypervolume
+    """Tag the Pareto members, log pareto.csv / pareto.png / hypervolume to the parent run, close it. MLflow writes
+    the tracking server cannot take are waited for a while, then left in the search folder for ``--resume``."""
+    from autoside.tune.pareto import knee_point, normalised_reference, pareto_front, plot, search_hypervolume
 
     meta, path = state.meta, state.path
+    state.outbox.wait()  # the trials' own writes first: the Pareto tags go on their runs
     result = open_search(meta["name"], root=state.opts.root)
     records, budget, objectives = result.trials, meta["budget_bytes"], tuple(state.opts.objectives)
     front = pareto_front(records, objectives, budget)
     knee = knee_point(front, objectives)
-    c = tracking.client(meta["tracking_uri"])
-    parent = meta["parent_run_id"]
     front_ids = {r.trial_id for r in front}
     repeats = _repeats(state)
+    ops: list[dict[str, Any]] = []
     for r in records:
-        if r.mlflow_run_id:
+        key = r.raw.get("mlflow_run_key")
+        if r.mlflow_run_id or key:
             tags = {"pareto": str(r.trial_id in front_ids).lower()}
             if repeats.get(r.number):
                 tags["autoside.proposed_again"] = str(repeats[r.number])
-            tracking.set_tags(c, r.mlflow_run_id, tags)
-    with open(path / "pareto.csv", "w", newline="") as fh:
+            ops.append({**log_op(key, tags=tags), "run_id": r.mlflow_run_id})
+    _write_pareto_csv(path / "pareto.csv", front, knee)
+    plot(records, front, path / "pareto.png", budget_bytes=budget, title=f"{meta['name']}: accuracy vs memory")
+    ops += [{"op": "artifact", "run": PARENT, "file": name} for name in ("pareto.csv", "pareto.png")]
+    # Hypervolume after each finished trial, in the order trials finished (a prefix never changes on resume), each
+    # at the time its trial finished, so that sending it twice stores it once.
+    ordered = sorted(records, key=lambda r: (r.raw.get("finished_at", 0), r.number))
+    reference = normalised_reference(records, objectives, budget)
+    logged = _logged_steps(meta, "hypervolume")
+    for i in range(1, len(ordered) + 1):
+        if i not in logged:
+            hv = search_hypervolume(ordered[:i], objectives, budget, reference)
+            stamp = int(float(ordered[i - 1].raw.get("finished_at", 0)) * 1000) or None
+            ops.append(log_op(PARENT, metrics={"hypervolume": hv}, step=i, stamp=stamp))
+    counts = result.counts()
+    summary = {
+        "hypervolume_final": search_hypervolume(records, objectives, budget, reference),
+        "front_size": len(front),
+        "trials": len(records),
+        **{f"trials_{k}": v for k, v in counts.items()},
+        "proposals_repeated": sum(repeats.values()),
+    }
+    ops.append(log_op(PARENT, metrics=summary))
+    ops.append({"op": "terminate", "run": PARENT, "status": "KILLED" if interrupted else "FINISHED", "time": now_ms()})
+    state.outbox.search_ops(ops)
+    if not state.outbox.wait():
+        left = state.outbox.pending()
+        print(
+            f"autoside: the MLflow tracking store ({meta['tracking_uri']}) did not answer; {left} writes are kept in "
+            f"{path} and sent by `autoside search --resume {meta['name']} --root {state.opts.root}`",
+            file=sys.stderr,
+        )
+    meta["mlflow_pending"] = state.outbox.pending()
+    meta["status"] = "interrupted" if interrupted else "finished"
+    meta["seconds"] = float(meta.get("seconds", 0.0)) + seconds
+    write_meta(path, meta)
+    return open_search(meta["name"], root=state.opts.root)
+
+
+def _logged_steps(meta: dict[str, Any], metric: str) -> set[int]:
+    """Steps of the parent run's ``metric`` already in MLflow (none known while the store is down)."""
+    from autoside.tune.journal import transient
+
+    c = tracking.client(meta["tracking_uri"])
+    try:
+        return {m.step for m in tracking.retry(lambda: c.get_metric_history(meta["parent_run_id"], metric), 3)}
+    except Exception as exc:  # noqa: BLE001
+        if not transient(exc):
+            raise
+        return set()
+
+
+def _write_pareto_csv(file: Path, front: list[Any], knee: Any) -> None:
+    with open(file, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
             [
@@ -488,34 +593,3 @@ def finalize(state: DriverState, *, interrupted: bool, seconds: float) -> Search
                     json.dumps(r.params),
                 ]
             )
-    plot(records, front, path / "pareto.png", budget_bytes=budget, title=f"{meta['name']}: accuracy vs memory")
-    tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.csv")))
-    tracking.retry(lambda: c.log_artifact(parent, str(path / "pareto.png")))
-    # Hypervolume after each finished trial, in the order trials finished (a prefix never changes on resume).
-    ordered = sorted(records, key=lambda r: (r.raw.get("finished_at", 0), r.number))
-    reference = None
-    from autoside.tune.pareto import normalised_reference
-
-    reference = normalised_reference(records, objectives, budget)
-    logged = {m.step for m in tracking.retry(lambda: c.get_metric_history(parent, "hypervolume"))}
-    for i in range(1, len(ordered) + 1):
-        if i not in logged:
-            hv = search_hypervolume(ordered[:i], objectives, budget, reference)
-            tracking.log_metrics(c, parent, {"hypervolume": hv}, step=i)
-    counts = result.counts()
-    tracking.log_metrics(
-        c,
-        parent,
-        {
-            "hypervolume_final": search_hypervolume(records, objectives, budget, reference),
-            "front_size": len(front),
-            "trials": len(records),
-            **{f"trials_{k}": v for k, v in counts.items()},
-            "proposals_repeated": sum(repeats.values()),
-        },
-    )
-    meta["status"] = "interrupted" if interrupted else "finished"
-    meta["seconds"] = float(meta.get("seconds", 0.0)) + seconds
-    tracking.retry(lambda: c.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))
-    write_meta(path, meta)
-    return open_search(meta["name"], root=state.opts.root)

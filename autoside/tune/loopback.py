@@ -10,7 +10,8 @@ workers and driver all register as 127.0.0.1.
 :class:`LoopbackCluster` starts a head and worker nodes as separate real processes (``ray start --block``, each in
 its own process group so that stopping it stops every process it started, agents included), each worker with its own
 custom resource so that work can be steered to it and the node found again. Separately started nodes share the
-cluster's auth token through ``RAY_AUTH_MODE=token`` and a test-local ``RAY_AUTH_TOKEN_PATH``.
+cluster's auth token through ``RAY_AUTH_MODE=token`` and a test-local ``RAY_AUTH_TOKEN_PATH``. :class:`MlflowServer`
+is a real ``mlflow server`` on 127.0.0.1 that can be stopped and started again on the same port and store.
 """
 
 from __future__ import annotations
@@ -209,6 +210,52 @@ class LoopbackCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with proxied artifacts, stopped by the process group it was started in and
+    restartable on the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.port = folder, free_port()
+        self.process: subprocess.Popen | None = None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
+        cmd += ["--artifacts-destination", str(self.folder / "art")]
+        with open(self.folder / "server.log", "ab") as log:
+            # No job runner: its seven worker processes would compete with the trials for two cores.
+            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            self.process = subprocess.Popen(
+                cmd, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.folder / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"mlflow server on {self.uri} did not start:\n{log}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ Layout of a search folder::
     <root>/mlartifacts/              MLflow artifacts
     <root>/<name>/search.json        space, recipe, options, status, MLflow ids
     <root>/<name>/optuna.db          the Optuna study (``optuna-dashboard sqlite:///<root>/<name>/optuna.db``)
-    <root>/<name>/trials/<id>/result.json      params, side config, status, metrics, MLflow run id
-    <root>/<name>/trials/<id>/side_network/    the exported side network (``autoside.load``)
+    <root>/<name>/trials/<id>/result.json      params, side config, status, metrics, MLflow run id (and key), node
+    <root>/<name>/trials/<id>/side_network/    only while MLflow lacks them (sent while the server was down), and in
+                                               searches written before weights went to MLflow only
+    <root>/<name>/mlflow_pending.json          the search's own MLflow writes not sent yet (see tune.outbox)
+
+The driver alone writes it, from the records trials send back through Ray. A trial's side network is the artifact
+``side_network`` of its MLflow run (``runs:/<run id>/side_network``; :func:`autoside.export.pick.export_trial`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from autoside.errors import ConfigError
 from autoside.tune.dedup import REASKS, Ledger
 from autoside.tune.pareto import OBJECTIVES
 from autoside.tune.space import SearchSpace
-from autoside.tune.trial import FINAL_KEY, trial_id_of
+from autoside.tune.trial import FINAL_KEY, RECORD_KEY, trial_id_of
 
 Finisher = Callable[[int, str, dict[str, Any], dict[str, Any]], None]
 
@@ -55,8 +55,9 @@ class AutosideOptunaSearch(OptunaSearch):
         pending: frozen RUNNING trials of a previous driver, handed out again first.
         scheduler: the early-stopping scheduler in use, if any; it lists the trials it stopped in ``stopped``
             (:mod:`autoside.tune.schedulers`).
-        on_finish: ``(number, status, last_result, params)`` called for trials the worker could not record itself
-            (pruned, crashed) before they are told; the driver writes their ``result.json`` there.
+        on_finish: ``(number, status, last_result, params)`` called before a finished trial is told, when its last
+            result carries the trial's record or its worker could not finish it (pruned, crashed); the driver
+            writes its ``result.json`` there (from that record, or from what the trial reported last).
         on_told: ``(number, status)`` after each tell (progress display).
         on_duplicate: ``(number, original, params)`` for a proposal not trained because trial ``original`` ran it.
         resources: optional ``config -> extra config`` (e.g. a memory prediction for GPU packing).
@@ -210,7 +211,8 @@ class AutosideOptunaSearch(OptunaSearch):
             self._requeue(trial_id)
             self._completed_trials.add(trial_id)
             return
-        if status is None:
+        unfinished = status is None
+        if unfinished:
             if self.scheduler is not None and trial_id in self.scheduler.stopped:
                 status = "pruned"
             elif error:
@@ -219,8 +221,8 @@ class AutosideOptunaSearch(OptunaSearch):
                 # Stopped by the driver shutting down (Ctrl-C): not finished, so not told; a resume runs it again.
                 self._completed_trials.add(trial_id)
                 return
-            if self.on_finish is not None:
-                self.on_finish(ot_trial.number, status, last, self._configs[trial_id]["params"])
+        if self.on_finish is not None and (unfinished or RECORD_KEY in last):  # recorded before the tell
+            self.on_finish(ot_trial.number, status, last, self._configs[trial_id]["params"])
         self.tell(ot_trial, status, last)
         self._completed_trials.add(trial_id)
 

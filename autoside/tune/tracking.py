@@ -7,8 +7,10 @@ trial's status (``ok`` / ``infeasible`` / ``pruned`` / ``failed``) as the tag ``
 front members, and the exported side network as the artifact folder ``side_network``.
 
 Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids (never MLflow's global "active
-run"), so the driver and several trials in one process or many can log at the same time. The default store is a
-SQLite file beside the searches (``sqlite:///<root>/mlflow.db``), artifacts in ``<root>/mlartifacts``.
+run"), so the driver and several trials in one process or many can log at the same time; the writes of a search go
+through :class:`autoside.tune.journal.Journal`, which waits out a tracking server that is down. The default store is
+a SQLite file beside the searches (``sqlite:///<root>/mlflow.db``), artifacts in ``<root>/mlartifacts``; a file
+store keeps its artifacts in its own folder, a tracking server where it was told to.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from autoside.tune.journal import TRIAL_NUMBER_TAG, Journal, log_op, mlflow_client, new_run_key, now_ms, retry
 
-TRIAL_NUMBER_TAG = "autoside.trial_number"
 SEARCH_TAG = "autoside.search"
 
 
@@ -40,38 +39,27 @@ def is_server(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://"))
 
 
+def file_store_folder(tracking_uri: str) -> str | None:
+    """The folder of a file-based MLflow store (``file:///path``, ``file:rel`` or a plain path), as given (a relative
+    one is resolved by each process in its own working directory); None for a server or a database (SQLite, ...)."""
+    from urllib.parse import urlparse
+
+    if "://" not in tracking_uri and not tracking_uri.startswith(("file:", "databricks")):
+        return tracking_uri
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "file":
+        return None
+    return parsed.path if tracking_uri.startswith("file://") else tracking_uri.removeprefix("file:")
+
+
 def ui_command(tracking_uri: str) -> str:
     if is_server(tracking_uri):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
-def _quiet() -> None:
-    import logging
-
-    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def client(tracking_uri: str):  # noqa: ANN201 - mlflow is imported lazily
-    _quiet()
-    from mlflow.tracking import MlflowClient
-
-    return retry(lambda: MlflowClient(tracking_uri))
-
-
-def retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Run an MLflow call, retrying when SQLite reports a locked database (several trials write at once)."""
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - MlflowException or SQLAlchemy OperationalError
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
-    raise AssertionError("unreachable")
+    return retry(lambda: mlflow_client(tracking_uri))
 
 
 def versions() -> dict[str, str]:
@@ -115,31 +103,12 @@ def flat(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:  # noqa: ANN001
+def log_params(c, run_id: str, params: dict[str, str]) -> None:  # noqa: ANN001 - an MlflowClient
     from mlflow.entities import Param
 
     items = [Param(k[:250], v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        retry(lambda chunk=items[i : i + 100]: mlflow_client.log_batch(run_id, params=chunk))
-
-
-def log_metrics(  # noqa: ANN001
-    mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0, stamp: int | None = None
-) -> int:
-    """Log metrics at ``step`` (``stamp``: milliseconds, default now); returns the stamp used."""
-    from mlflow.entities import Metric
-
-    stamp = stamp or int(time.time() * 1000)
-    items = [Metric(k, float(v), stamp, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    if items:
-        retry(lambda: mlflow_client.log_batch(run_id, metrics=items))
-    return stamp
-
-
-def set_tags(mlflow_client, run_id: str, tags: dict[str, str]) -> None:  # noqa: ANN001
-    from mlflow.entities import RunTag
-
-    retry(lambda: mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        retry(lambda chunk=items[i : i + 100]: c.log_batch(run_id, params=chunk))
 
 
 def start_parent(
@@ -151,7 +120,9 @@ def start_parent(
     if experiment is None:
         # A tracking server keeps artifacts where it was told to (``--artifacts-destination``, served over HTTP): a
         # local folder of the driver would be unreachable from other nodes.
-        location = None if is_server(tracking_uri) else f"{artifact_location(root)}/{name}"
+        # A file store keeps them in its own folder (one folder to share between nodes).
+        database = not is_server(tracking_uri) and file_store_folder(tracking_uri) is None
+        location = f"{artifact_location(root)}/{name}" if database else None
         experiment_id = retry(lambda: c.create_experiment(name, artifact_location=location))
     else:
         experiment_id = experiment.experiment_id
@@ -160,11 +131,6 @@ def start_parent(
     for file_name, data in artifacts.items():
         retry(lambda f=file_name, d=data: c.log_dict(run.info.run_id, d, f))
     return experiment_id, run.info.run_id
-
-
-def reopen(tracking_uri: str, run_id: str) -> None:
-    c = client(tracking_uri)
-    retry(lambda: c.update_run(run_id, status="RUNNING"))
 
 
 def trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
@@ -182,32 +148,24 @@ def trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
             return runs
 
 
-def delete_trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, numbers: Iterable[int]) -> int:
-    """Delete the runs of trials that will run again (killed mid-trial), so each trial is in MLflow once."""
-    wanted = {str(n) for n in numbers}
-    c = client(tracking_uri)
-    deleted = 0
-    for run in trial_runs(tracking_uri, experiment_id, parent_run_id):
-        if run.data.tags.get(TRIAL_NUMBER_TAG) in wanted:
-            retry(lambda r=run: c.delete_run(r.info.run_id))
-            deleted += 1
-    return deleted
-
-
 class TrialRun:
-    """The nested MLflow run of one trial, used from the trial's worker process (and by the driver to close the
-    run of a trial that the scheduler stopped)."""
+    """The nested MLflow run of one trial, written through a :class:`~autoside.tune.journal.Journal`: a tracking
+    server that is down delays the writes, never the trial. Used on the trial's worker, and by the driver to close
+    the run of a trial whose worker could not (pruned, crashed). The run is known by its key until MLflow gives it an
+    id (``run_id``)."""
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        self.client = client(tracking_uri)
-        self.run_id = run_id
+    def __init__(self, journal: Journal, key: str) -> None:
+        self.journal, self.key = journal, key
         self.last_step, self.last_stamp = 0, 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self.journal.ids.get(self.key)
 
     @classmethod
     def start(
         cls,
-        tracking_uri: str,
-        experiment_id: str,
+        journal: Journal,
         parent_run_id: str,
         *,
         number: int,
@@ -216,7 +174,9 @@ class TrialRun:
         params: dict[str, Any],
         config: dict[str, Any],
     ) -> TrialRun:
-        c = client(tracking_uri)
+        """Queue the run's creation, after deleting runs an earlier attempt of this trial left (its worker or node
+        died and Ray ran it again), so that MLflow holds each trial once."""
+        key = new_run_key()
         tags = {
             "mlflow.parentRunId": parent_run_id,
             TRIAL_NUMBER_TAG: str(number),
@@ -225,20 +185,22 @@ class TrialRun:
             "family": str(config.get("family", "")),
             "status": "running",
         }
-        run = retry(lambda: c.create_run(experiment_id, run_name=f"trial-{trial_id}", tags=tags))
-        self = cls.__new__(cls)
-        self.client, self.run_id, self.last_step, self.last_stamp = c, run.info.run_id, 0, 0
-        log_params(
-            c,
-            self.run_id,
-            {**{k: str(v) for k, v in params.items()}, **{f"sidenet.{k}": v for k, v in flat(config).items()}},
-        )
-        return self
+        journal.submit({"op": "delete_earlier", "run": key, "parent": parent_run_id, "number": number})
+        journal.submit({"op": "create_run", "run": key, "name": f"trial-{trial_id}", "tags": tags, "time": now_ms()})
+        params = {**{k: str(v) for k, v in params.items()}, **{f"sidenet.{k}": v for k, v in flat(config).items()}}
+        journal.submit(log_op(key, params=params))
+        return cls(journal, key)
+
+    def log(self, metrics: dict[str, Any], *, tags: dict[str, str] | None = None) -> None:
+        self.journal.submit(log_op(self.key, metrics=metrics, tags=tags))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        epoch_metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        self.last_stamp = log_metrics(self.client, self.run_id, epoch_metrics, step=epoch)
-        self.last_step = epoch
+        op = log_op(self.key, metrics={k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        self.last_stamp, self.last_step = op["metrics"][0][2] if op["metrics"] else now_ms(), epoch
+        self.journal.submit(op)
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        self.journal.submit({"op": "artifacts", "run": self.key, "dir": str(folder), "path": path})
 
     def finish(
         self,
@@ -249,14 +211,13 @@ class TrialRun:
         artifacts_dir: Path | None = None,
     ) -> None:
         if metrics:
-            final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            final = {f"final_{k}" if k == "epoch" else k: v for k, v in final.items()}
+            final = {f"final_{k}" if k == "epoch" else k: v for k, v in metrics.items()}
             # At the last epoch's step and after it: MLflow's run table shows a metric's value at the highest step
             # (latest time among equal steps), so it shows the final figures (on CUDA the allocator peak).
-            stamp = max(int(time.time() * 1000), self.last_stamp + 1)
-            log_metrics(self.client, self.run_id, final, step=self.last_step, stamp=stamp)
+            stamp = max(now_ms(), self.last_stamp + 1)
+            self.journal.submit(log_op(self.key, metrics=final, step=self.last_step, stamp=stamp))
         if artifacts_dir is not None and Path(artifacts_dir).is_dir():
-            retry(lambda: self.client.log_artifacts(self.run_id, str(artifacts_dir), "side_network"))
-        set_tags(self.client, self.run_id, {"status": status, **(tags or {})})
+            self.log_artifacts(Path(artifacts_dir), "side_network")
+        self.journal.submit(log_op(self.key, tags={"status": status, **(tags or {})}))
         mlflow_status = {"ok": "FINISHED", "infeasible": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
-        retry(lambda: self.client.set_terminated(self.run_id, mlflow_status))
+        self.journal.submit({"op": "terminate", "run": self.key, "status": mlflow_status, "time": now_ms()})

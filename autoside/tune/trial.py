@@ -9,9 +9,13 @@
    live-tensor tracker stops the trial at the cap; CUDA: a per-process allocator cap). Over the budget: infeasible;
    out of its share under the budget: requeued once with a larger share (:mod:`autoside.tune.resources`).
    Per-epoch metrics go to Tune (for ASHA) and to the trial's nested MLflow run.
-4. Export the side network to ``<search>/trials/<id>/side_network/`` (also the MLflow artifact ``side_network``),
-   close the MLflow run with its status, write ``result.json`` atomically, and send the final result to Tune.
+4. Export the side network to a folder of the worker's own and log it as the MLflow artifact ``side_network``,
+   close the MLflow run with its status, and send the trial's record (what the driver writes to ``result.json``) to
+   the driver with the final result to Tune (under ``autoside_record``). Nothing is written to the driver's search
+   folder from here: the nodes need not share a disk.
 
+MLflow writes go through a :class:`~autoside.tune.journal.Journal`: while the tracking server is down they wait,
+and those still unsent when the trial ends travel in the record (weights inlined) for the driver to send.
 A trial that the scheduler stops after some epoch never reaches step 4: the driver records it (as ``pruned``).
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 FINAL_KEY = "autoside_status"
+RECORD_KEY = "autoside_record"  # the final result's copy of the trial's record (a JSON string)
+PENDING_KEY = "mlflow_pending"  # MLflow ops not sent yet (a record's field; a JSON string in an epoch result)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,6 @@ class TrialContext:
     """What every trial of a search shares (sent once to the workers with ``tune.with_parameters``)."""
 
     name: str
-    search_dir: str
     space: dict[str, Any]
     recipe: dict[str, Any]
     budget_bytes: int | None
@@ -122,12 +127,13 @@ def run_search_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             record["metrics"],
             ctx.budget_bytes,
             trial_number=number,
-            mlflow_run_id=record["mlflow_run_id"],
+            mlflow_run_key=record.get("mlflow_run_key"),
+            **{RECORD_KEY: json.dumps(record, default=str)},
         )
     )
 
 
-def execute_trial(  # noqa: C901, PLR0915
+def execute_trial(
     ctx: TrialContext,
     number: int,
     params: dict[str, Any],
@@ -136,12 +142,52 @@ def execute_trial(  # noqa: C901, PLR0915
     share_bytes: int | None = None,
     attempt: int = 1,
 ) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring; returns the record written to ``result.json``.
+    """Steps 1-4 of the module docstring; returns the trial's record (the driver writes it to ``result.json``).
 
     ``share_bytes`` is the memory of the GPU fraction the trial was packed into: it trains capped at
     ``min(budget, share)``, and running out of its share under the budget returns status ``requeue`` (first
     attempt only; nothing is recorded, the driver runs it again with a larger share).
     """
+    from autoside.tune import tracking
+    from autoside.tune.journal import Journal, pack_artifacts
+
+    started = time.time()
+    journal = Journal(ctx.tracking_uri, ctx.experiment_id)
+    with tempfile.TemporaryDirectory(prefix=f"autoside-trial-{trial_id_of(number)}-") as scratch:
+        run = tracking.TrialRun.start(
+            journal,
+            ctx.parent_run_id,
+            number=number,
+            trial_id=trial_id_of(number),
+            search=ctx.name,
+            params=params,
+            config=_side_config(ctx, params).to_dict(),
+        )
+        record = _train_and_record(ctx, number, params, run, Path(scratch), report, share_bytes, attempt)
+        record["wall_time_s"] = time.time() - started
+        journal.flush()
+        if journal.pending:  # the tracking server is down: the driver sends them (weights inlined) when it is back
+            record[PENDING_KEY] = pack_artifacts(journal.pending)
+    record["mlflow_run_id"] = run.run_id
+    return record
+
+
+def _side_config(ctx: TrialContext, params: dict[str, Any]):  # noqa: ANN202 - SideConfig
+    from autoside.tune.space import space_from_dict
+
+    return space_from_dict(ctx.space).config_from_params(params)
+
+
+def _train_and_record(  # noqa: C901, PLR0913, PLR0915
+    ctx: TrialContext,
+    number: int,
+    params: dict[str, Any],
+    run: Any,
+    scratch: Path,
+    report: Any,
+    share_bytes: int | None,
+    attempt: int,
+) -> dict[str, Any]:
     import torch
 
     from autoside.cache import use_cache
@@ -149,34 +195,14 @@ def execute_trial(  # noqa: C901, PLR0915
     from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
     from autoside.train import build_model, resolve_device, train_model
-    from autoside.tune import tracking
     from autoside.tune.resources import cuda_oom_bytes, overrun_status, per_trial_cap
-    from autoside.tune.space import space_from_dict
 
-    started = time.time()
     torch.set_num_threads(max(1, ctx.threads))
     trial_id = trial_id_of(number)
-    trial_dir = Path(ctx.search_dir) / "trials" / trial_id
-    if trial_dir.exists():  # left over from an attempt killed with the driver: this run replaces it
-        shutil.rmtree(trial_dir)
-    trial_dir.mkdir(parents=True)
-    side_config = space_from_dict(ctx.space).config_from_params(params)
+    side_config = _side_config(ctx, params)
     recipe = replace(recipe_from_dict(ctx.recipe), memory_budget=ctx.budget_bytes)
     cap = per_trial_cap(ctx.budget_bytes, share_bytes)
     config_dict = side_config.to_dict()
-    # A run left by an earlier attempt of this trial (its worker or node died, Ray retried it) is replaced, so that
-    # MLflow holds each trial once.
-    replaced = tracking.delete_trial_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, [number])
-    run = tracking.TrialRun.start(
-        ctx.tracking_uri,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        number=number,
-        trial_id=trial_id,
-        search=ctx.name,
-        params=params,
-        config=config_dict,
-    )
     status, metrics, extra, export_dir = "ok", {}, {}, None
     model = None
     try:
@@ -186,24 +212,20 @@ def execute_trial(  # noqa: C901, PLR0915
         metrics["trainable_params"] = model.num_trainable()
         trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
         extra["feature_cache"] = asdict(cache)
-        tracking.log_metrics(run.client, run.run_id, cache.metrics())
-        tracking.set_tags(run.client, run.run_id, {"feature_cache": f"{cache.status} {cache.reason}".strip()[:5000]})
+        run.log(cache.metrics(), tags={"feature_cache": f"{cache.status} {cache.reason}".strip()[:5000]})
         if ctx.budget_bytes is not None:
             prediction = predict_peak_memory(trained, inputs, recipe, device=device, preprocess=preprocess)
             extra["memory_prediction"] = prediction.to_dict()
             metrics["predicted_peak_bytes"] = prediction.predicted_bytes
-            tracking.log_metrics(
-                run.client,
-                run.run_id,
-                {"predicted_peak_bytes": prediction.predicted_bytes, "prediction_seconds": prediction.seconds},
-            )
+            run.log({"predicted_peak_bytes": prediction.predicted_bytes, "prediction_seconds": prediction.seconds})
             if prediction.predicted_bytes > ctx.budget_bytes:
                 raise MemoryBudgetExceeded(prediction.predicted_bytes, ctx.budget_bytes, where="predicted training")
 
         def on_epoch(epoch: int, epoch_metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, epoch_metrics)
             if report is not None and epoch < recipe.epochs:  # the last epoch arrives with the final result
-                report({**epoch_metrics, "trial_number": number, "mlflow_run_id": run.run_id})
+                unsent = {PENDING_KEY: json.dumps(run.journal.pending)} if run.journal.pending else {}
+                report({**epoch_metrics, "trial_number": number, "mlflow_run_key": run.key, **unsent})
 
         result = train_model(
             trained, inputs, replace(recipe, memory_budget=cap), device=device, report=on_epoch, preprocess=preprocess
@@ -215,7 +237,7 @@ def execute_trial(  # noqa: C901, PLR0915
 
         export_dir = save_pretrained(
             model,
-            trial_dir / "side_network",
+            scratch / "side_network",
             metrics={k: v for k, v in metrics.items() if k != "history"},
             extra={
                 "search": ctx.name,
@@ -244,37 +266,29 @@ def execute_trial(  # noqa: C901, PLR0915
     except Exception as exc:  # noqa: BLE001 - any other error fails this trial only; the search goes on
         status = "failed"
         extra["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-        (trial_dir / "error.txt").write_text(traceback.format_exc())
-        tracking.retry(lambda: run.client.log_artifact(run.run_id, str(trial_dir / "error.txt")))
-    extra["wall_time_s"] = time.time() - started
+        (scratch / "error").mkdir()
+        (scratch / "error" / "error.txt").write_text(traceback.format_exc())
+        run.log_artifacts(scratch / "error")
     extra["node_id"] = _ray_node_id()
     if status == "requeue":  # nothing recorded: the same trial number runs again with a larger share
-        tracking.retry(lambda: run.client.delete_run(run.run_id))
-        shutil.rmtree(trial_dir, ignore_errors=True)
-        return {"status": status, "metrics": metrics, "mlflow_run_id": None, "share_bytes": share_bytes, **extra}
-    extra.update(attempt=attempt, share_bytes=share_bytes, restarts=replaced)
+        run.journal.submit({"op": "delete_run", "run": run.key})
+        return {"status": status, "metrics": metrics, "mlflow_run_key": run.key, "share_bytes": share_bytes, **extra}
+    extra.update(attempt=attempt, share_bytes=share_bytes, restarts=run.journal.deleted)
     tags = {"reason": extra["reason"][:5000]} if "reason" in extra else {}
     if "memory_source" in metrics:
         tags["memory_source"] = metrics["memory_source"]
-    run.finish(
-        status,
-        {k: v for k, v in metrics.items() if k != "history"},
-        tags=tags,
-        artifacts_dir=export_dir,
-    )
-    record = result_record(
+    run.finish(status, {k: v for k, v in metrics.items() if k != "history"}, tags=tags, artifacts_dir=export_dir)
+    return result_record(
         number=number,
         params=params,
         config=config_dict,
         status=status,
         metrics=metrics,
-        mlflow_run_id=run.run_id,
-        artifact_dir=str(export_dir) if export_dir else None,
+        mlflow_run_id=None,
+        mlflow_run_key=run.key,
         finished_at=time.time(),
         **extra,
     )
-    write_json_atomic(trial_dir / "result.json", record)
-    return record
 
 
 def _ray_node_id() -> str | None:

@@ -1,5 +1,6 @@
 """``autoside export`` / ``autoside predict`` / ``--register`` end to end on a small search written by the real trial
-code (:func:`autoside.tune.trial.execute_trial`, without Ray): digits, the offline EfficientNet-Lite0 at 32 px."""
+code (:func:`autoside.tune.trial.execute_trial`, without Ray; records stored as the driver stores them): digits, the
+offline EfficientNet-Lite0 at 32 px. Trial weights live in MLflow (``runs:/<run id>/side_network``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[d
     """A search folder as ``autoside search`` leaves it, with each trial run by the real trial code (no Ray)."""
     from autoside.recipe import recipe_from_dict
     from autoside.tune import tracking
+    from autoside.tune.outbox import store_record
     from autoside.tune.results import SEARCH_FILE
     from autoside.tune.space import space_from_dict
     from autoside.tune.trial import TrialContext, execute_trial
@@ -67,7 +69,6 @@ def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[d
     (root / name / SEARCH_FILE).write_text(json.dumps(meta))
     ctx = TrialContext(
         name=name,
-        search_dir=str(root / name),
         space=space,
         recipe=recipe,
         budget_bytes=None,
@@ -75,7 +76,13 @@ def make_search(root: Path, name: str, space: dict, recipe: dict, params: list[d
         experiment_id=experiment_id,
         parent_run_id=parent,
     )
-    return [execute_trial(ctx, number, p) for number, p in enumerate(params)]
+    return [store_record(root / name, execute_trial(ctx, number, p)) for number, p in enumerate(params)]
+
+
+def trial_weights(record: dict | object) -> str:
+    """Where a trial's weights are: its MLflow run's ``side_network`` artifact."""
+    run_id = record["mlflow_run_id"] if isinstance(record, dict) else record.mlflow_run_id
+    return f"runs:/{run_id}/side_network"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +148,8 @@ def test_export_command_every_family(family: str, tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match="random weights"):
             autoside.load(tmp_path / "out")
         loaded = autoside.load(tmp_path / "out", backbone=same_backbone())
-    trial = autoside.load(record["artifact_dir"], backbone=same_backbone())
+    uri = f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
+    trial = autoside.load(trial_weights(record), backbone=same_backbone(), tracking_uri=uri)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.equal(loaded(x), trial(x))
@@ -168,7 +176,8 @@ def test_export_trial_fresh_process(search_root: Path, tmp_path: Path) -> None:
     search = _search(search_root)
     record = search.trial(0)
     assert _export(search_root, tmp_path / "out", "--trial", "0") == 0
-    trial_model = autoside.load(record.artifact_dir)  # the weights the trial itself saved
+    assert record.artifact_dir is None  # not in the search folder: in the trial's MLflow run
+    trial_model = autoside.load(trial_weights(record), tracking_uri=search.tracking_uri)  # what the trial saved
     from autoside.data import load_task
 
     task = load_task(search.recipe.dataset)
@@ -210,10 +219,12 @@ def test_export_trial_fresh_process(search_root: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("trial", ["1", "0002"])
 def test_export_every_family_of_the_search(search_root: Path, tmp_path: Path, trial: str) -> None:
     assert _export(search_root, tmp_path / "out", "--trial", trial) == 0
-    record = _search(search_root).trial(int(trial))
+    search = _search(search_root)
+    record = search.trial(int(trial))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(autoside.load(tmp_path / "out")(x), autoside.load(record.artifact_dir)(x))
+        trial_model = autoside.load(trial_weights(record), tracking_uri=search.tracking_uri)
+        assert torch.equal(autoside.load(tmp_path / "out")(x), trial_model(x))
 
 
 def test_budget_picks_most_accurate_that_fits(search_root: Path, tmp_path: Path) -> None:
@@ -282,21 +293,39 @@ def test_replay_mismatch_refused(search_root: Path, tmp_path: Path, capsys: pyte
     assert "does not give the config it trained" in capsys.readouterr().err
 
 
-def test_weights_from_mlflow_when_trial_folder_is_gone(search_root: Path, tmp_path: Path) -> None:
+def _weights_on_disk(root: Path) -> Path:
+    """Trial 0's weights put where searches before MLflow-only weights kept them (``trials/<id>/side_network``)."""
+    from autoside.export.load import fetch_run_artifacts
+
+    search = _search(root)
+    local = root / NAME / "trials" / "0000"
+    return fetch_run_artifacts(trial_weights(search.trial(0)), search.tracking_uri, local)
+
+
+def test_old_search_folder_with_weights_on_disk_exports(
+    search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = _copy_search(search_root, tmp_path)
-    shutil.rmtree(root / NAME / "trials" / "0000" / "side_network")
-    assert _export(root, tmp_path / "out", "--trial", "0") == 0
+    assert _weights_on_disk(root).name == "side_network"
+    # Read from the folder: the MLflow store named on the command line is empty and is not asked.
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert _export(root, tmp_path / "out", "--trial", "0", "--tracking-uri", empty) == 0
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(
             autoside.load(tmp_path / "out")(x),
-            autoside.load(search_root / NAME / "trials" / "0000" / "side_network")(x),
+            autoside.load(trial_weights(_search(root).trial(0)), tracking_uri=_search(root).tracking_uri)(x),
         )
+    # Neither on disk nor in the store asked for: one line naming both.
+    capsys.readouterr()
+    assert _export(root, tmp_path / "out2", "--trial", "1", "--tracking-uri", empty) == 1
+    err = capsys.readouterr().err
+    assert "has no saved side network weights" in err and empty in err and len(err.strip().splitlines()) == 1
 
 
 def test_edited_trial_weights_refused(search_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = _copy_search(search_root, tmp_path)
-    weights = root / NAME / "trials" / "0000" / "side_network" / "side_model.safetensors"
+    weights = _weights_on_disk(root) / "side_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])
     assert _export(root, tmp_path / "out", "--trial", "0") == 1
     assert "truncated, edited" in capsys.readouterr().err
@@ -346,7 +375,7 @@ def test_register_and_load_from_registry(search_root: Path, tmp_path: Path) -> N
 
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     out = tmp_path / "out"
-    assert _export(search_root, out, "--trial", "0", "--register", "digits-linear", "--tracking-uri", uri) == 0
+    assert _export(search_root, out, "--trial", "0", "--register", "digits-linear", "--registry-uri", uri) == 0
     files = _pngs(tmp_path)
     model = autoside.load(out)
     from autoside.export.load import read_images

@@ -1,5 +1,7 @@
 """Ray on loopback: a local search listens only on 127.0.0.1, and a search runs across a head and two worker nodes
-started as real processes, tracked by a real MLflow tracking server on 127.0.0.1."""
+started as real processes, each with a working directory of its own (no folder of the driver is theirs), tracked by a
+real MLflow tracking server on 127.0.0.1; faults: a tracking server outage with the driver killed in it, a killed
+worker node."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from autoside.testing import tiny_search_recipe
-from autoside.tune.loopback import LoopbackCluster, free_port, is_loopback
+from autoside.tune.loopback import LoopbackCluster, MlflowServer, is_loopback
 from autoside.tune.reaper import descendants
 
 pytestmark = [pytest.mark.ray]
@@ -74,49 +76,6 @@ def test_local_cluster_registers_and_listens_on_loopback_only():
         ray.shutdown()
 
 
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with proxied artifacts, stopped by the process group it was started in and
-    restartable on the same port and store."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port, self.process = folder, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        import urllib.request
-
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
-        cmd += ["--artifacts-destination", str(self.folder / "art")]
-        with open(self.folder / "server.log", "ab") as log:
-            # No job runner: its seven worker processes would compete with the trials for two cores.
-            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            self.process = subprocess.Popen(
-                cmd, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
@@ -145,13 +104,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
 
 
-def _search_cmd(tmp_path: Path, cluster: LoopbackCluster, name: str, tracking_uri: str | None) -> list[str]:
+def _search_cmd(
+    tmp_path: Path, cluster: LoopbackCluster, name: str, tracking_uri: str | None, samples: int = 4
+) -> list[str]:
     import yaml
 
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
     cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp_path / "space.yaml"), str(tmp_path / "recipe.yaml")]
-    cmd += ["--num-samples", "4", "--max-concurrent", "2", "--name", name, "--address", cluster.address]
+    cmd += ["--num-samples", str(samples), "--max-concurrent", "2", "--name", name, "--address", cluster.address]
     cmd += ["--root", str(tmp_path / "driver"), "--quiet"]
     return cmd + (["--tracking-uri", tracking_uri] if tracking_uri else [])
 
@@ -193,46 +154,125 @@ def test_search_runs_across_two_worker_nodes(tmp_path: Path, cluster: LoopbackCl
     for r in children:
         assert r.data.tags["status"] == "ok"
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["side_network"]
+    # The driver alone wrote the search folder: the records it got through Ray, no weights (those are in MLflow).
+    assert {p.name for p in (workdir / "mn" / "trials").glob("*/*")} == {"result.json"}
 
-    # A file-based tracking store is refused once the cluster has more than one node: one line, exit 2.
+    # Exported elsewhere (a laptop with the search folder), the weights fetched from the tracking server.
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    export = [sys.executable, "-m", "autoside.cli", "export", "mn", str(laptop / "knee"), "--knee"]
+    export += ["--root", str(workdir), "--tracking-uri", mlflow_server, "--json"]
+    done = subprocess.run(export, cwd=laptop, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (laptop / "knee" / "side_model.safetensors").is_file() and json.loads(done.stdout)["trial_id"]
+
+    # A SQLite tracking store is refused once the cluster has more than one node: one line, exit 2.
     refused = subprocess.run(
         _search_cmd(tmp_path, cluster, "mn2", None), cwd=workdir, env=cluster.env(), capture_output=True, text=True
     )
     assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stderr[-2000:]
     assert len(refused.stderr.strip().splitlines()) == 1
+    # A file store must be one folder on every node; a relative one is each node's own (its working directory).
+    refused = subprocess.run(
+        _search_cmd(tmp_path, cluster, "mn3", "mlruns"), cwd=workdir, env=cluster.env(), capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "is not shared with Ray node(s) 127.0.0.1" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (workdir / "mn3").exists()
+    probe = (
+        "import json, sys, ray; from autoside.tune.loopback import pin_loopback; pin_loopback(); "
+        f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
+        "from autoside.tune.shared import unshared_nodes; print(json.dumps([unshared_nodes(f) for f in sys.argv[1:]]))"
+    )
+    shared = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "nfs"), "mlruns"],
+        cwd=workdir,
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    absolute, relative = json.loads(shared.stdout.strip().splitlines()[-1])
+    assert absolute == [] and len(relative) == 2  # both worker nodes have a ./mlruns of their own
+
+
+def _trial_processes(cluster: LoopbackCluster) -> list[int]:
+    """Processes of the cluster's nodes that run a trial (Tune's function trainable actor)."""
+    pids = []
+    for node in cluster.nodes:
+        for pid in node.pids():
+            try:
+                if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except OSError:
+                continue
+    return pids
 
 
 @pytest.mark.slow
-def test_tracking_server_down_for_ten_seconds_loses_nothing(tmp_path: Path, cluster: LoopbackCluster) -> None:
-    """Stop the MLflow server mid-search for ~10 s, then start it again on the same port and store: every trial's
-    run arrives with its final metrics, none twice, and every trial finishes ok."""
+def test_tracking_outage_with_the_driver_killed_then_resumed_loses_and_doubles_nothing(
+    tmp_path: Path, cluster: LoopbackCluster
+) -> None:
+    """Stop the MLflow server mid-search: trials go on and their records reach the driver with the MLflow writes
+    they could not send (weights inlined), kept in the search folder. SIGKILL the driver while the server is still
+    down, start the server again, ``--resume``: every trial is in MLflow exactly once with its metrics (none twice)
+    and its weights, nothing is left unsent, and no trial process of the killed driver lives on."""
+    from mlflow.tracking import MlflowClient
+
     server = MlflowServer(tmp_path / "server")
-    (tmp_path / "server").mkdir()
     server.start()
     workdir = tmp_path / "driver"
     workdir.mkdir()
-    cmd = _search_cmd(tmp_path, cluster, "mo", server.uri)
-    driver = subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    trials = workdir / "mo" / "trials"
+    cmd = _search_cmd(tmp_path, cluster, "mo", server.uri, samples=6)
+    with open(tmp_path / "driver.log", "wb") as log:
+        driver = subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=log, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not any(r.data.tags.get("status") == "running" for r in _trial_runs(server.uri, "mo")):
             assert driver.poll() is None and time.monotonic() < deadline, "no trial started"
             time.sleep(0.5)
         server.stop()
-        time.sleep(10)
-        server.start()
-        _, err = driver.communicate(timeout=600)
+
+        def held() -> set[str]:
+            return {p.parent.name for p in trials.glob("*/result.json") if "mlflow_pending" in p.read_text()}
+
+        while len(held()) < 2:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished while the server was down"
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        kept = held()
+        # Weights that could not reach MLflow came through Ray and wait in the driver's folder.
+        assert all((trials / t / "side_network" / "side_model.safetensors").is_file() for t in kept)
+        deadline = time.monotonic() + 60  # Ray ends the trials of a driver that died
+        while _trial_processes(cluster):
+            assert time.monotonic() < deadline, f"trial processes outlive their driver: {_trial_processes(cluster)}"
+            time.sleep(1)
     finally:
         if driver.poll() is None:
             driver.kill()
     try:
-        assert driver.returncode == 0, err.decode()[-3000:]
-        assert [r["status"] for r in _records(workdir, "mo")] == ["ok"] * 4
+        server.start()
+        resume = [sys.executable, "-m", "autoside.cli", "search", "--resume", "mo", "--root", str(workdir)]
+        resume += ["--address", cluster.address, "--quiet"]
+        done = subprocess.run(resume, cwd=workdir, env=cluster.env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records = _records(workdir, "mo")
+        assert [r["status"] for r in records] == ["ok"] * 6
+        assert (
+            not [r for r in records if "mlflow_pending" in r] and not (workdir / "mo" / "mlflow_pending.json").exists()
+        )
         children = _trial_runs(server.uri, "mo")
-        numbers = [r["number"] for r in _records(workdir, "mo")]
-        assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == numbers
+        assert sorted(int(r.data.tags["autoside.trial_number"]) for r in children) == [r["number"] for r in records]
+        assert {r.info.run_id for r in children} == {r["mlflow_run_id"] for r in records}
+        client = MlflowClient(server.uri)
         for r in children:
-            assert r.data.tags["status"] == "ok" and "val_accuracy" in r.data.metrics and r.info.status == "FINISHED"
+            assert r.data.tags["status"] == "ok" and r.info.status == "FINISHED"
+            history = client.get_metric_history(r.info.run_id, "val_accuracy")
+            assert len(history) == 2 and {m.step for m in history} == {1}  # the epoch and the final figure, once each
+            assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["side_network"]
+        assert not _trial_processes(cluster)
     finally:
         server.stop()
 

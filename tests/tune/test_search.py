@@ -120,7 +120,6 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
     ctx = TrialContext(
         name="x",
-        search_dir=str(tmp_path / "x"),
         space=SPACE,
         recipe=RECIPE,
         budget_bytes=BUDGET,
@@ -132,7 +131,7 @@ def test_budget_crossed_during_training_is_infeasible(tmp_path: Path, monkeypatc
     assert record["status"] == "infeasible"
     assert record["metrics"]["memory_source"] == "stopped_at_budget"
     assert record["metrics"]["peak_memory_bytes"] > BUDGET
-    assert json.loads((tmp_path / "x" / "trials" / "0000" / "result.json").read_text())["status"] == "infeasible"
+    assert "mlflow_pending" not in record  # everything reached the store
     run = tracking.client(uri).get_run(record["mlflow_run_id"])
     assert run.data.tags["status"] == "infeasible"
     # Its memory at the stop is in its MLflow run; it has no accuracy (it never finished), in MLflow or its record.
@@ -177,7 +176,7 @@ def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_i
     monkeypatch.setattr(autoside.train, "train_model", broken)
     uri = tracking.default_tracking_uri(tmp_path)
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
-    ctx = TrialContext("x", str(tmp_path / "x"), SPACE, RECIPE, None, uri, experiment, parent)
+    ctx = TrialContext("x", SPACE, RECIPE, None, uri, experiment, parent)
     first = execute_trial(ctx, 3, {"family": "linear", "linear/dropout": 0.1})
     assert first["status"] == "failed" and "side network exploded" in first["reason"] and first["restarts"] == 0
     client = tracking.client(uri)
@@ -364,8 +363,9 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
             # Linear probes train on stored backbone features: the first one on a worker builds them.
             assert run.data.tags["feature_cache"] in ("built", "hit")
             assert {"feature_cache_hits", "feature_cache_build_seconds"} <= set(run.data.metrics)
+            # The weights are in the run's artifacts only: trials write nothing into the driver's search folder.
             assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["side_network"]
-            assert (record.artifact_dir / "side_model.safetensors").is_file()
+            assert record.artifact_dir is None and record.raw["node_id"]
         else:  # infeasible: refused by the predictor with its memory, never on the front
             assert record.memory > BUDGET and record.trial_id not in front
             assert record.metrics["memory_source"] == "predicted"
@@ -449,3 +449,19 @@ def test_knob_less_family_is_trained_once(tmp_path: Path, ray_cluster: None, cap
     )
     assert len(result.trials) == 1 and result.status == "finished"
     assert "no untried configuration of space 'probe' is left" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_tracking_server_down_at_the_start_is_one_line(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    from autoside.tune.loopback import free_port
+
+    space, recipe = _write(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["search", str(space), str(recipe), "--root", str(tmp_path / "runs"), "--name", "down"]
+    assert main([*args, "--tracking-uri", uri, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--tracking-uri {uri}: the MLflow store does not answer" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "down").exists()

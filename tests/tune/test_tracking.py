@@ -10,7 +10,10 @@ def test_final_metrics_win_over_the_epoch_series(tmp_path: Path) -> None:
 
     uri = tracking.default_tracking_uri(tmp_path)
     experiment, parent = tracking.start_parent(uri, tmp_path, "x", params={}, tags={}, artifacts={})
-    run = tracking.TrialRun.start(uri, experiment, parent, number=0, trial_id="0000", search="x", params={}, config={})
+    from autoside.tune.journal import Journal
+
+    journal = Journal(uri, experiment)
+    run = tracking.TrialRun.start(journal, parent, number=0, trial_id="0000", search="x", params={}, config={})
     # Per-epoch figures are the tracker's; the final one is the allocator peak (higher on CUDA), logged in the
     # same millisecond as the last epoch at worst.
     run.log_epoch(1, {"epoch": 1, "peak_memory_bytes": 100, "val_accuracy": 0.2})

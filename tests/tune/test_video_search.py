@@ -106,7 +106,7 @@ def test_video_search_export_and_predict_a_clip(
                 str(root),
                 "--register",
                 "clips",
-                "--tracking-uri",
+                "--registry-uri",
                 uri,
             ]
         )
