@@ -13,6 +13,8 @@ Features come from timm's ``forward_intermediates``, so every timm ViT, Swin and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -92,6 +94,14 @@ def offline_weights() -> dict[str, WeightsSource]:
 
 
 def sha256_file(path: Path) -> str:
+    stat = Path(path).stat()
+    return _sha256_file(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    """Once per file version and process: every trial of a search checks the same weights file."""
+    del size, mtime_ns  # part of the cache key only
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -131,7 +141,16 @@ class Backbone(nn.Module):
         self.model = model
         self.spec = spec
         self.frozen = True
+        # What names these weights without reading them (set by whoever built them, see autoside.cache.backbone), and
+        # the hash of the frozen tensors when they are not loaded (a cached trial's backbone is its architecture only).
+        self.weights_id: str | None = None
+        self.state_sha256: str | None = None
         self.freeze()
+
+    @property
+    def weights_loaded(self) -> bool:
+        """False for an architecture on the meta device (a cached trial's), even if some tensors were filled in."""
+        return not any(t.is_meta for t in (*self.model.parameters(), *self.model.buffers()))
 
     def freeze(self) -> None:
         self.frozen = True
@@ -336,8 +355,10 @@ def create_backbone(
     checkpoint: str | Path | None = None,
     image_size: int | None = None,
     download: bool = False,
+    meta: bool = False,
 ) -> Backbone:
-    """A frozen backbone by timm name (or the name of an offline weights source)."""
+    """A frozen backbone by timm name (or the name of an offline weights source). ``meta``: the architecture and
+    spec only, on the meta device (no memory, no initialisation, no weights read; a checkpoint file is hashed)."""
     import timm
 
     if weights not in ("pretrained", "random"):
@@ -349,7 +370,8 @@ def create_backbone(
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(f"backbone.name: {name!r} is not a timm model or autoside backbone{hint}")
-    probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
     layout = _layout(probe)
     default_size = int(
         (source.data_config.get("input_size") if source and source.data_config else probe.pretrained_cfg["input_size"])[
@@ -379,7 +401,10 @@ def create_backbone(
         weights_label = "random"
 
     num_classes = source.num_classes if source else 1000
-    if path is not None:
+    if meta:
+        with torch.device("meta"):
+            model = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
+    elif path is not None:
         model = timm.create_model(timm_model, pretrained=False, num_classes=num_classes, **kwargs)
         state = _read_state_dict(path)
         if "img_size" in kwargs and "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:

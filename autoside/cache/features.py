@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoside.backbones import Backbone
 from autoside.cache.store import CACHE_VERSION, CacheUnavailable, FeatureStore
 from autoside.data import Preprocess, Task
+from autoside.export.format import backbone_state_sha256
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.units import parse_bytes
@@ -45,6 +47,8 @@ class CacheInfo:
     bytes: int = 0
     dtype: str = ""
     entries: list[str] = field(default_factory=list)
+    backbone_loaded: bool = True  # False: the trial read the few frozen tensors it uses from the weights record
+    setup_seconds: float = 0.0  # building the model and finding (or building) its features
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -52,6 +56,8 @@ class CacheInfo:
             "feature_cache_built": self.built,
             "feature_cache_build_seconds": self.build_seconds,
             "feature_cache_bytes": self.bytes,
+            "backbone_loaded": float(self.backbone_loaded),
+            "trial_setup_seconds": self.setup_seconds,
         }
 
 
@@ -129,18 +135,33 @@ class SideOnly(nn.Module):
         return self.net.side(feats)
 
 
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of every tensor of a module's state (names, shapes, dtypes, bytes): the backbone's identity."""
-    digest = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+class BackboneNeeded(Exception):  # noqa: N818 - a signal, not an error a user sees
+    """Features a backbone without weights cannot compute are missing (removed since they were checked)."""
 
 
-def _base_key(net: SideNet, task: Task, recipe: Recipe, amp: bool) -> dict[str, Any]:
-    spec = net.backbone.spec
+def _weights_key(backbone: Backbone, store: FeatureStore) -> tuple[str, bool]:
+    """What names the backbone's weights in the keys, and whether this (loaded) backbone should leave a weights
+    record. A loaded backbone is hashed; its identity is used only when no record says other weights carry it."""
+    from autoside.cache.backbone import read_record
+
+    identity = backbone.weights_id
+    if not backbone.weights_loaded:
+        if identity is None or backbone.state_sha256 is None:
+            raise BackboneNeeded("a backbone without weights and without a weights record")
+        return identity, False
+    actual = backbone_state_sha256(backbone)
+    backbone.state_sha256 = actual
+    if identity is None:
+        return f"state:{actual}", False
+    record = read_record(store, backbone.spec, identity)
+    if record is not None and record.state_sha256 != actual:
+        log.warning("backbone %s: not the weights recorded as %s; keyed by their hash", backbone.spec.name, identity)
+        return f"state:{actual}", False
+    return identity, record is None
+
+
+def _base_key(backbone: Backbone, task: Task, recipe: Recipe, amp: bool, weights: str) -> dict[str, Any]:
+    spec = backbone.spec
     return {
         "version": CACHE_VERSION,
         "torch": torch.__version__,
@@ -149,13 +170,43 @@ def _base_key(net: SideNet, task: Task, recipe: Recipe, amp: bool) -> dict[str, 
             "timm_model": spec.timm_model,
             "timm_kwargs": spec.timm_kwargs,
             "image_size": spec.image_size,
-            "weights": weights_digest(net.backbone),
+            "weights": weights,
         },
         "data": {**recipe.dataset.__dict__, "task": task.name, "decode_size": recipe.image_size},
         "preprocess": {k: spec.data_config.get(k) for k in ("input_size", "mean", "std", "interpolation")},
         "autocast_bf16": amp,
         "dtype": recipe.cache_dtype,
     }
+
+
+def feature_keys(
+    backbone: Backbone, task: Task, recipe: Recipe, taps: tuple[str, ...], *, amp: bool, weights: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{split: {tap: key}}`` for ``taps`` and what the same backbone pass stores with them
+    (:meth:`~autoside.backbones.Backbone.tap_names`): a build stores them all, so later designs that read other
+    blocks never run the backbone again."""
+    base = _base_key(backbone, task, recipe, amp, weights)
+    keys = {}
+    for split_name in SPLITS:
+        split = getattr(task, split_name)
+        labels_digest = hashlib.sha256(split.labels.numpy().tobytes()).hexdigest()[:16]
+        keys[split_name] = {
+            tap: {**base, "split": split_name, "n": len(split), "labels": labels_digest, "tap": tap}
+            for tap in backbone.tap_names(taps)
+        }
+    return keys
+
+
+def all_stored(backbone: Backbone, task: Task, recipe: Recipe, taps: tuple[str, ...], *, device: torch.device) -> bool:
+    """Whether every (split, tap) a trial reading ``taps`` needs is stored whole (checksums checked)."""
+    store = FeatureStore(recipe.cache_dir)
+    try:
+        weights, _ = _weights_key(backbone, store)
+    except BackboneNeeded:
+        return False
+    amp = recipe.amp and device.type == "cuda"
+    keys = feature_keys(backbone, task, recipe, taps, amp=amp, weights=weights)
+    return all(store.read(keys[s][tap]) is not None for s in SPLITS for tap in taps)
 
 
 def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
@@ -199,48 +250,15 @@ def use_cache(
     reason = bypass_reason(net, recipe)
     if reason is not None:
         return bypass(reason)
-    amp = recipe.amp and device.type == "cuda"
-    store = FeatureStore(recipe.cache_dir)
-    taps = net.feature_taps() or ()
-    base = _base_key(net, task, recipe, amp)
-    info = CacheInfo("hit", dtype=recipe.cache_dtype)
-    splits = {}
     try:
-        for split_name in SPLITS:
-            split = getattr(task, split_name)
-            labels_digest = hashlib.sha256(split.labels.numpy().tobytes()).hexdigest()[:16]
-            # Keys of every tap of the kinds this family reads: a build stores them all in its one backbone pass, so
-            # later designs that read other blocks never run the backbone again.
-            keys = {
-                tap: {**base, "split": split_name, "n": len(split), "labels": labels_digest, "tap": tap}
-                for tap in net.backbone.tap_names(taps)
-            }
-            feats = {tap: store.read(keys[tap]) for tap in taps}
-            missing = [tap for tap, array in feats.items() if array is None]
-            if missing:
-                with store.locked():  # another process may have built them while we waited
-                    feats.update({tap: store.read(keys[tap]) for tap in missing})
-                    missing = [tap for tap in missing if feats[tap] is None]
-                    if missing:
-                        tic = time.perf_counter()
-                        todo = {t: key for t, key in keys.items() if t in missing or store.read(key) is None}
-                        stored = _build(net, split, todo, store, recipe, device, amp)
-                        feats.update({tap: stored[tap] for tap in missing})
-                        info.build_seconds += time.perf_counter() - tic
-                        info.built += len(todo)
-            info.hits += len(taps) - len(missing)
-            info.bytes += sum(a.nbytes for a in feats.values())
-            splits[split_name] = FeatureSplit(feats, split.labels)
-        limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
-        if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
-            for name, split in splits.items():
-                splits[name] = FeatureSplit(
-                    {k: torch.from_numpy(np.array(a)) for k, a in split.feats.items()}, split.labels
-                )
+        splits, info = ensure_features(net.backbone, task, recipe, net.feature_taps() or (), device=device)
     except CacheUnavailable as exc:
         return bypass(str(exc))
-    info.status = "built" if info.built else "hit"
-    info.entries = list(taps)
+    limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
+    if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
+        for name, split in splits.items():
+            in_ram = {k: torch.from_numpy(np.array(a)) for k, a in split.feats.items()}
+            splits[name] = FeatureSplit(in_ram, split.labels)
     log.info(
         "feature cache %s for %s: %d stored, %d built in %.1f s",
         info.status,
@@ -253,9 +271,54 @@ def use_cache(
     return SideOnly(net), features, FeatureInputs(device), info
 
 
+def ensure_features(
+    backbone: Backbone, task: Task, recipe: Recipe, taps: tuple[str, ...], *, device: torch.device
+) -> tuple[dict[str, FeatureSplit], CacheInfo]:
+    """Every split's stored features under ``taps`` (memory-mapped), computing the missing ones in one backbone pass
+    per split under the store's lock; a loaded backbone with a known identity also leaves its weights record.
+    Raises :class:`BackboneNeeded` when something is missing and ``backbone`` has no weights to compute it."""
+    from autoside.cache.backbone import read_record, write_record
+
+    amp = recipe.amp and device.type == "cuda"
+    store = FeatureStore(recipe.cache_dir)
+    weights, needs_record = _weights_key(backbone, store)
+    keys = feature_keys(backbone, task, recipe, taps, amp=amp, weights=weights)
+    info = CacheInfo("hit", dtype=recipe.cache_dtype, entries=list(taps))
+    splits = {}
+    for split_name in SPLITS:
+        split, split_keys = getattr(task, split_name), keys[split_name]
+        feats = {tap: store.read(split_keys[tap]) for tap in taps}
+        missing = [tap for tap, array in feats.items() if array is None]
+        if missing and not backbone.weights_loaded:
+            raise BackboneNeeded(f"{len(missing)} feature entries of split {split_name!r} are missing")
+        if missing:
+            with store.locked():  # another process may have built them while we waited
+                feats.update({tap: store.read(split_keys[tap]) for tap in missing})
+                missing = [tap for tap in missing if feats[tap] is None]
+                if missing:
+                    tic = time.perf_counter()
+                    todo = {t: key for t, key in split_keys.items() if t in missing or store.read(key) is None}
+                    stored = _build(backbone, split, todo, store, recipe, device, amp)
+                    feats.update({tap: stored[tap] for tap in missing})
+                    info.build_seconds += time.perf_counter() - tic
+                    info.built += len(todo)
+        info.hits += len(taps) - len(missing)
+        info.bytes += sum(a.nbytes for a in feats.values())
+        splits[split_name] = FeatureSplit(feats, split.labels)
+    if needs_record:
+        try:
+            with store.locked():
+                if read_record(store, backbone.spec, weights) is None:
+                    write_record(store, backbone, weights, backbone.state_sha256)
+        except CacheUnavailable as exc:  # the features are whole; later trials will load the backbone
+            log.warning("backbone weights record not stored: %s", exc)
+    info.status = "built" if info.built else "hit"
+    return splits, info
+
+
 @torch.no_grad()
 def _build(
-    net: SideNet,
+    backbone: Backbone,
     split: Any,
     keys: dict[str, dict[str, Any]],
     store: FeatureStore,
@@ -264,7 +327,6 @@ def _build(
     amp: bool,
 ) -> dict[str, np.ndarray]:
     """One backbone pass over ``split`` (in stored order), each batch's taps written straight into the entries."""
-    backbone = net.backbone
     preprocess = Preprocess.from_data_config(backbone.spec.data_config).to(device)
     home = next(backbone.parameters()).device
     backbone.to(device)
