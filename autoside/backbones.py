@@ -181,22 +181,32 @@ class Backbone(nn.Module):
 
     def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
         """``like`` and what the same backbone pass gives almost for free: when any block is read, every block
-        output (and on a ViT the embedded tokens and the pooled features too)."""
-        if all(n == "pooled" for n in like):
+        output (and on a ViT the embedded tokens and the pooled features too). Swin's block-level features are
+        stored as read (every block of a Swin-B at 224 px would be 6 MB per image in fp16)."""
+        if all(n == "pooled" for n in like) or self.spec.layout == "swin":
             return like
         extra = ("pooled", "embed") if self.spec.layout == "vit" else ()
         return tuple(dict.fromkeys([*like, *extra, *(f"tokens:{i}" for i in range(self.spec.num_taps))]))
 
     def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Named frozen features, without autograd: ``pooled`` (the classifier's input), ``tokens:i`` (block
-        ``i``'s output tokens, prefix tokens first) and, on a ViT, ``embed`` (the tokens entering block 0). Families
+        ``i``'s output tokens, prefix tokens first), on a ViT ``embed`` (the tokens entering block 0), and on a Swin
+        ``block:j`` / ``block_in:j`` (the output / input of block ``j`` counted over all stages, NHWC). Families
         read features by these names, so the feature cache can store each one once and share it between every family
         and trial that reads it."""
         out: dict[str, torch.Tensor] = {}
         blocks = sorted(int(n.split(":", 1)[1]) for n in names if n.startswith("tokens:"))
+        swin_blocks = [n for n in names if n.startswith(("block:", "block_in:"))]
         unknown = [n for n in names if n not in ("pooled", "embed") and not n.startswith("tokens:")]
+        unknown = [n for n in unknown if n not in swin_blocks or self.spec.layout != "swin"]
         if unknown or ("embed" in names and self.spec.layout != "vit"):
-            raise ValueError(f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed or tokens:<block>")
+            raise ValueError(
+                f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed, tokens:<i> or (Swin) "
+                "block:<j> / block_in:<j>"
+            )
+        if swin_blocks:
+            with torch.no_grad():
+                out.update(self._swin_blocks(x, swin_blocks))
         last = f"tokens:{self.spec.num_taps - 1}"
         if self.spec.layout == "vit" and "pooled" in names and last not in names:
             blocks.append(self.spec.num_taps - 1)  # a ViT's pooled features come from its last block's tokens
@@ -214,6 +224,25 @@ class Backbone(nn.Module):
                 # forward_features ends with the final norm after the last block; forward_head pools it.
                 out["pooled"] = self.model.forward_head(self.model.norm(out[last]), pre_logits=True)
         return {name: out[name] for name in names}
+
+    def _swin_blocks(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Swin block inputs and outputs, stage by stage as timm's forward runs them (downsample, then blocks), up
+        to the last block asked for."""
+        wanted = set(names)
+        last = max(int(n.split(":", 1)[1]) for n in names)
+        out, j, x = {}, 0, self.model.patch_embed(x)
+        for stage in self.model.layers:
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                if f"block_in:{j}" in wanted:
+                    out[f"block_in:{j}"] = x
+                x = block(x)
+                if f"block:{j}" in wanted:
+                    out[f"block:{j}"] = x
+                if j == last:
+                    return out
+                j += 1
+        return out
 
 
 def _layout(model: nn.Module) -> Layout:

@@ -27,6 +27,7 @@ from autoside.backbones import Backbone
 from autoside.cache.store import CACHE_VERSION, CacheUnavailable, FeatureStore
 from autoside.data import Preprocess, Task
 from autoside.export.format import backbone_state_sha256
+from autoside.layers import SideDropPath
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.units import parse_bytes
@@ -213,11 +214,9 @@ def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
     """Why a trial of ``net`` under ``recipe`` cannot train on stored features (None: it will)."""
     if not recipe.feature_cache:
         return "turned off (--no-cache / feature_cache: false)"
-    if not net.cacheable:
-        return (
-            f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
-            "the backbone from the start, trains it, or makes its frozen blocks random, e.g. with stochastic depth)"
-        )
+    reason = net.uncacheable_reason()
+    if reason is not None:
+        return reason
     if recipe.augment:
         return "random training augmentation: inputs differ every epoch"
     return None
@@ -331,6 +330,10 @@ def _build(
     home = next(backbone.parameters()).device
     backbone.to(device)
     taps, pending, row = tuple(keys), {}, 0
+    # Stochastic depth a side network installed in these blocks must not reach what every trial will read.
+    drops = [m for m in backbone.modules() if isinstance(m, SideDropPath) and m.active]
+    for module in drops:
+        module.active = False
     try:
         for images, _ in split.batches(recipe.eval_batch_size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -343,6 +346,8 @@ def _build(
             row += len(images)
         return {tap: entry.commit() for tap, entry in pending.items()}
     finally:
+        for module in drops:
+            module.active = True
         backbone.to(home)
         for entry in pending.values():
             if entry.array is not None:

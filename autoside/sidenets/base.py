@@ -94,9 +94,21 @@ class SideNet(nn.Module):
             walk(module)
         return tuple(dict.fromkeys(found))
 
+    def uncacheable_reason(self) -> str | None:
+        """Why this side network cannot train on stored features (``None``: it can)."""
+        family = self.config.family
+        if not self.backbone.frozen:
+            return f"{family!r} trains its backbone"
+        if self.feature_taps() is None:
+            return (
+                f"{family!r} reads no features of the image alone (it writes back into the backbone from its first "
+                "block, or runs it on clips)"
+            )
+        return None
+
     @property
     def cacheable(self) -> bool:
-        return self.backbone.frozen and self.feature_taps() is not None
+        return self.uncacheable_reason() is None
 
     def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
