@@ -242,8 +242,8 @@ def use_cache(
 ) -> tuple[nn.Module, Task, nn.Module | None, CacheInfo]:
     """``(model, task, preprocess, info)`` to train; without the cache the first three are ``net, task, None``."""
 
-    def bypass(reason: str) -> tuple[nn.Module, Task, None, CacheInfo]:
-        log.info("feature cache bypassed for %s: %s", net.config.family, reason)
+    def bypass(reason: str, level: int = logging.INFO) -> tuple[nn.Module, Task, None, CacheInfo]:
+        log.log(level, "feature cache bypassed for %s: %s", net.config.family, reason)
         return net, task, None, CacheInfo("bypassed", reason)
 
     reason = bypass_reason(net, recipe)
@@ -251,8 +251,8 @@ def use_cache(
         return bypass(reason)
     try:
         splits, info = ensure_features(net.backbone, task, recipe, net.feature_taps() or (), device=device)
-    except CacheUnavailable as exc:
-        return bypass(str(exc))
+    except CacheUnavailable as exc:  # the user asked for a cache: say why this trial computes its features
+        return bypass(f"{exc}; this trial computes its features itself", logging.WARNING)
     limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
     if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
         for name, split in splits.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import threading
 from dataclasses import replace
 
@@ -84,6 +86,24 @@ def test_unusable_cache_folder_falls_back_to_computing(tmp_path):
     result, info = _train(_net("linear"), _task(), recipe)
     assert info.status == "bypassed" and "cannot be used" in info.reason
     assert len(result.history) == 2
+
+
+def test_a_full_disk_falls_back_to_computing_and_leaves_nothing_half_written(tmp_path, caplog):
+    recipe, task = _recipe(tmp_path), _task()
+    # A file-size limit makes every write past 200 bytes fail as on a full disk (EFBIG instead of ENOSPC).
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, limit[1]))
+    try:
+        model, inputs, preprocess, info = use_cache(_net("linear"), task, recipe, device=CPU)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert info.status == "bypassed" and "writing failed (File too large)" in info.reason
+    assert "computes its features itself" in caplog.text  # a warning, not only the trial's record
+    result = train_model(model, inputs, recipe, device=CPU, preprocess=preprocess)
+    assert len(result.history) == 2
+    assert FeatureStore(recipe.cache_dir).entries() == [] and not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_half_written_and_corrupt_entries_are_rebuilt_never_read(tmp_path):

@@ -68,3 +68,24 @@ def test_other_weights_under_the_same_name_are_not_read_from_the_record(tmp_path
     # Another seed draws other random weights: another identity, so nothing is shared (loaded, built anew).
     other, _ = run_trial(_recipe(tmp_path, "linear", weights="random", seed=1), load_backbone=False)
     assert other.feature_cache["status"] == "built" and other.feature_cache["backbone_loaded"]
+
+
+def test_a_corrupt_weights_record_is_rebuilt_never_read(tmp_path):
+    from autoside.cache import store as store_module
+
+    recipe = _recipe(tmp_path, "losa")
+    run_trial(recipe, load_backbone=False)
+    store = FeatureStore(recipe.cache_dir)
+    [record] = [r for r in store.entries() if r["key"].get("record")]
+    path = store.root / f"{record['digest']}.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    store_module._VERIFIED.clear()  # checksums are checked once per process: forget that this one was
+    # The features are whole, the record is not: the trial loads its backbone and stores the record again.
+    again, _ = run_trial(recipe, load_backbone=False)
+    assert again.feature_cache["status"] == "hit" and again.feature_cache["backbone_loaded"]
+    third, _ = run_trial(recipe, load_backbone=False)
+    assert not third.feature_cache["backbone_loaded"]
+    for a, b in zip(again.history, third.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-7)
