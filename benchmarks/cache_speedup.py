@@ -133,7 +133,7 @@ def epoch_times(recipe, cache_dir: str, rounds: int) -> dict:  # noqa: ANN001
     ``rounds`` interleaved rounds, after one untimed trial that stores the features if they are not yet)."""
     import torch
 
-    from autoside.cache.features import FeatureSplit
+    from autoside.cache.entries import FeatureSplit
     from autoside.data import Task, load_task
     from autoside.memory.meter import MemoryMeter
     from autoside.train import prepare_trial, train_model

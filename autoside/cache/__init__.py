@@ -8,7 +8,8 @@ search pays for the backbone once instead of once per trial. Once a node also ho
 (:mod:`autoside.cache.backbone`), such a trial does not even load the backbone (:mod:`autoside.cache.trial`).
 """
 
-from autoside.cache.features import BackboneNeeded, CacheInfo, use_cache
+from autoside.cache.entries import BackboneNeeded, CacheInfo
+from autoside.cache.features import use_cache
 from autoside.cache.store import FeatureStore, default_cache_dir
 from autoside.cache.trial import side_net_on_record
 

@@ -13,7 +13,8 @@ import logging
 import torch
 
 from autoside.cache.backbone import fill_from_record, read_record, spec_backbone
-from autoside.cache.features import all_stored, bypass_reason
+from autoside.cache.entries import all_stored
+from autoside.cache.features import bypass_reason
 from autoside.cache.store import FeatureStore
 from autoside.data import Task
 from autoside.errors import AutosideError

@@ -56,7 +56,7 @@ def warm_node(recipe_dict: dict[str, Any], space_dict: dict[str, Any], threads: 
     """The Ray task: on this node, store every feature the space may read and the backbone's weights record."""
     import torch
 
-    from autoside.cache.features import ensure_features
+    from autoside.cache.entries import ensure_features
     from autoside.data import load_task
     from autoside.recipe import recipe_from_dict
     from autoside.train import build_backbone, resolve_device
