@@ -302,16 +302,18 @@ def prepare_trial(
 
 
 def load_backbone_weights(net: SideNet, recipe: Recipe) -> None:
-    """Put the recipe's loaded backbone under a side network built without it (it must hash as recorded)."""
+    """Load the recipe's backbone weights into a side network built without them, in place (blocks a family changed,
+    e.g. DTL's stochastic depth, stay as they are); they must hash as recorded."""
     from autoside.export.format import backbone_state_sha256
 
-    backbone = build_backbone(recipe)
-    if net.backbone.state_sha256 is not None and backbone_state_sha256(backbone) != net.backbone.state_sha256:
+    loaded = build_backbone(recipe)
+    if net.backbone.state_sha256 is not None and backbone_state_sha256(loaded) != net.backbone.state_sha256:
         raise WeightsError(
             f"backbone {recipe.backbone.name!r}: its weights hash otherwise than the feature cache's record "
             f"({net.backbone.state_sha256[:12]}...); the weights changed since: clear the cache (autoside cache rm)"
         )
-    net.backbone = backbone
+    net.backbone.model.load_state_dict(loaded.model.state_dict(), assign=True)
+    net.backbone.freeze()
 
 
 def run_trial(
