@@ -79,7 +79,8 @@ class FeatureStore:
             return None
         if digest not in _VERIFIED:
             if data.stat().st_size != meta.get("bytes") or _sha256(data) != meta.get("sha256"):
-                self._remove(digest)
+                with contextlib.suppress(OSError):  # a read-only cache keeps it; it is never read either way
+                    self._remove(digest)
                 return None
             _VERIFIED.add(digest)
         return data, meta
