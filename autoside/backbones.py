@@ -13,6 +13,8 @@ Features come from timm's ``forward_intermediates``, so every timm ViT, Swin and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -92,6 +94,14 @@ def offline_weights() -> dict[str, WeightsSource]:
 
 
 def sha256_file(path: Path) -> str:
+    stat = Path(path).stat()
+    return _sha256_file(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    """Once per file version and process: every trial of a search checks the same weights file."""
+    del size, mtime_ns  # part of the cache key only
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -131,7 +141,16 @@ class Backbone(nn.Module):
         self.model = model
         self.spec = spec
         self.frozen = True
+        # What names these weights without reading them (set by whoever built them, see autoside.cache.backbone), and
+        # the hash of the frozen tensors when they are not loaded (a cached trial's backbone is its architecture only).
+        self.weights_id: str | None = None
+        self.state_sha256: str | None = None
         self.freeze()
+
+    @property
+    def weights_loaded(self) -> bool:
+        """False for an architecture on the meta device (a cached trial's), even if some tensors were filled in."""
+        return not any(t.is_meta for t in (*self.model.parameters(), *self.model.buffers()))
 
     def freeze(self) -> None:
         self.frozen = True
@@ -162,22 +181,32 @@ class Backbone(nn.Module):
 
     def tap_names(self, like: tuple[str, ...]) -> tuple[str, ...]:
         """``like`` and what the same backbone pass gives almost for free: when any block is read, every block
-        output (and on a ViT the embedded tokens and the pooled features too)."""
-        if all(n == "pooled" for n in like):
+        output (and on a ViT the embedded tokens and the pooled features too). Swin's block-level features are
+        stored as read (every block of a Swin-B at 224 px would be 6 MB per image in fp16)."""
+        if all(n == "pooled" for n in like) or self.spec.layout == "swin":
             return like
         extra = ("pooled", "embed") if self.spec.layout == "vit" else ()
         return tuple(dict.fromkeys([*like, *extra, *(f"tokens:{i}" for i in range(self.spec.num_taps))]))
 
     def taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Named frozen features, without autograd: ``pooled`` (the classifier's input), ``tokens:i`` (block
-        ``i``'s output tokens, prefix tokens first) and, on a ViT, ``embed`` (the tokens entering block 0). Families
+        ``i``'s output tokens, prefix tokens first), on a ViT ``embed`` (the tokens entering block 0), and on a Swin
+        ``block:j`` / ``block_in:j`` (the output / input of block ``j`` counted over all stages, NHWC). Families
         read features by these names, so the feature cache can store each one once and share it between every family
         and trial that reads it."""
         out: dict[str, torch.Tensor] = {}
         blocks = sorted(int(n.split(":", 1)[1]) for n in names if n.startswith("tokens:"))
+        swin_blocks = [n for n in names if n.startswith(("block:", "block_in:"))]
         unknown = [n for n in names if n not in ("pooled", "embed") and not n.startswith("tokens:")]
+        unknown = [n for n in unknown if n not in swin_blocks or self.spec.layout != "swin"]
         if unknown or ("embed" in names and self.spec.layout != "vit"):
-            raise ValueError(f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed or tokens:<block>")
+            raise ValueError(
+                f"unknown backbone taps {unknown or ['embed']}: expected pooled, embed, tokens:<i> or (Swin) "
+                "block:<j> / block_in:<j>"
+            )
+        if swin_blocks:
+            with torch.no_grad():
+                out.update(self._swin_blocks(x, swin_blocks))
         last = f"tokens:{self.spec.num_taps - 1}"
         if self.spec.layout == "vit" and "pooled" in names and last not in names:
             blocks.append(self.spec.num_taps - 1)  # a ViT's pooled features come from its last block's tokens
@@ -195,6 +224,25 @@ class Backbone(nn.Module):
                 # forward_features ends with the final norm after the last block; forward_head pools it.
                 out["pooled"] = self.model.forward_head(self.model.norm(out[last]), pre_logits=True)
         return {name: out[name] for name in names}
+
+    def _swin_blocks(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Swin block inputs and outputs, stage by stage as timm's forward runs them (downsample, then blocks), up
+        to the last block asked for."""
+        wanted = set(names)
+        last = max(int(n.split(":", 1)[1]) for n in names)
+        out, j, x = {}, 0, self.model.patch_embed(x)
+        for stage in self.model.layers:
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                if f"block_in:{j}" in wanted:
+                    out[f"block_in:{j}"] = x
+                x = block(x)
+                if f"block:{j}" in wanted:
+                    out[f"block:{j}"] = x
+                if j == last:
+                    return out
+                j += 1
+        return out
 
 
 def _layout(model: nn.Module) -> Layout:
@@ -336,8 +384,10 @@ def create_backbone(
     checkpoint: str | Path | None = None,
     image_size: int | None = None,
     download: bool = False,
+    meta: bool = False,
 ) -> Backbone:
-    """A frozen backbone by timm name (or the name of an offline weights source)."""
+    """A frozen backbone by timm name (or the name of an offline weights source). ``meta``: the architecture and
+    spec only, on the meta device (no memory, no initialisation, no weights read; a checkpoint file is hashed)."""
     import timm
 
     if weights not in ("pretrained", "random"):
@@ -349,7 +399,8 @@ def create_backbone(
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(f"backbone.name: {name!r} is not a timm model or autoside backbone{hint}")
-    probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
     layout = _layout(probe)
     default_size = int(
         (source.data_config.get("input_size") if source and source.data_config else probe.pretrained_cfg["input_size"])[
@@ -379,7 +430,10 @@ def create_backbone(
         weights_label = "random"
 
     num_classes = source.num_classes if source else 1000
-    if path is not None:
+    if meta:
+        with torch.device("meta"):
+            model = timm.create_model(timm_model, pretrained=False, num_classes=0, **kwargs)
+    elif path is not None:
         model = timm.create_model(timm_model, pretrained=False, num_classes=num_classes, **kwargs)
         state = _read_state_dict(path)
         if "img_size" in kwargs and "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:

@@ -7,12 +7,13 @@ norms or 1-d gates). The memory meter wraps the entire training loop, so its pea
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,15 @@ import torch.nn.functional as F
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
 from autoside.data.transforms import RandomResizedCropFlip
-from autoside.errors import ConfigError
+from autoside.errors import ConfigError, WeightsError
 from autoside.memory.meter import MemoryMeter
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
+
+if TYPE_CHECKING:
+    from autoside.cache import CacheInfo
+
+log = logging.getLogger("autoside.train")
 
 
 @dataclass(frozen=True)
@@ -232,23 +238,82 @@ def check_task(model: SideNet, task: Task) -> None:
 
 
 def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = None) -> SideNet:
-    """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``)."""
+    """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``). The side network
+    is seeded on its own, so it starts the same whether or not the backbone was loaded (see :func:`prepare_trial`)."""
     config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
+    backbone = build_backbone(recipe)
     torch.manual_seed(recipe.seed)
-    return create_sidenet(config, build_backbone(recipe), num_classes)
+    return create_sidenet(config, backbone, num_classes)
 
 
 def build_backbone(recipe: Recipe) -> Backbone:
-    """The frozen backbone a recipe names, at the recipe's image size."""
+    """The frozen backbone a recipe names, at the recipe's image size; random weights are drawn from the recipe's
+    seed, which names them in the feature cache."""
     from autoside.backbones import create_backbone
+    from autoside.cache.backbone import weights_identity
 
-    return create_backbone(
-        recipe.backbone.name,
-        weights=recipe.backbone.weights,
-        checkpoint=recipe.backbone.checkpoint,
-        image_size=recipe.image_size,
-        download=recipe.backbone.download,
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        backbone = create_backbone(
+            recipe.backbone.name,
+            weights=recipe.backbone.weights,
+            checkpoint=recipe.backbone.checkpoint,
+            image_size=recipe.image_size,
+            download=recipe.backbone.download,
+        )
+    backbone.weights_id = weights_identity(backbone.spec, seed=recipe.seed)
+    return backbone
+
+
+@dataclass
+class PreparedTrial:
+    """What :func:`prepare_trial` built: ``net`` (what is exported) and what trains (``model`` on ``task``)."""
+
+    net: SideNet
+    model: torch.nn.Module
+    task: Task
+    preprocess: torch.nn.Module | None
+    cache: CacheInfo
+
+
+def prepare_trial(
+    recipe: Recipe, task: Task, config: SideConfig | None = None, *, device: torch.device
+) -> PreparedTrial:
+    """The side network ``config`` (default: the recipe's) and what to train: on stored backbone features where that
+    is exact (:mod:`autoside.cache`), and then, once its node holds them and the backbone's weights record, without
+    loading the backbone at all; else on images, with the backbone loaded."""
+    from autoside.cache import BackboneNeeded, side_net_on_record, use_cache
+
+    tic = time.perf_counter()
+    config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
+    net, why = side_net_on_record(recipe, task, config, device=device)
+    if net is not None:
+        try:
+            model, inputs, preprocess, info = use_cache(net, task, recipe, device=device)
+        except BackboneNeeded as exc:  # entries removed since they were checked
+            net, why = None, str(exc)
+    if net is None:
+        log.info("%s loads its backbone: %s", config.family, why)
+        net = build_model(recipe, task.num_classes, config)
+        model, inputs, preprocess, info = use_cache(net, task, recipe, device=device)
+    info.backbone_loaded = net.backbone.weights_loaded
+    info.setup_seconds = time.perf_counter() - tic
+    return PreparedTrial(net, model, inputs, preprocess, info)
+
+
+def load_backbone_weights(net: SideNet, recipe: Recipe) -> None:
+    """Load the recipe's backbone weights into a side network built without them, in place (blocks a family changed,
+    e.g. DTL's stochastic depth, stay as they are); they must hash as recorded."""
+    from autoside.export.format import backbone_state_sha256
+
+    loaded = build_backbone(recipe)
+    if net.backbone.state_sha256 is not None and backbone_state_sha256(loaded) != net.backbone.state_sha256:
+        raise WeightsError(
+            f"backbone {recipe.backbone.name!r}: its weights hash otherwise than the feature cache's record "
+            f"({net.backbone.state_sha256[:12]}...); the weights changed since: clear the cache (autoside cache rm)"
+        )
+    net.backbone.model.load_state_dict(loaded.model.state_dict(), assign=True)
+    net.backbone.freeze()
 
 
 def run_trial(
@@ -258,21 +323,29 @@ def run_trial(
     task: Task | None = None,
     report: Reporter | None = None,
     progress: bool = False,
+    load_backbone: bool = True,
 ) -> tuple[TrialResult, SideNet]:
     """Build and train one side network from a recipe (on cached backbone features where that is exact); returns
-    the result and the trained model."""
-    from autoside.cache import use_cache
+    the result and the trained model, on its loaded backbone unless ``load_backbone`` is False (then a cached trial's
+    backbone may be its architecture only: enough to export it, not to run it)."""
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     device = resolve_device(recipe.device)
     task = task or load_task(recipe.dataset, image_size=recipe.image_size)
-    model = build_model(recipe, task.num_classes, config)
-    trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
+    prepared = prepare_trial(recipe, task, config, device=device)
     result = train_model(
-        trained, inputs, recipe, device=device, report=report, progress=progress, preprocess=preprocess
+        prepared.model,
+        prepared.task,
+        recipe,
+        device=device,
+        report=report,
+        progress=progress,
+        preprocess=prepared.preprocess,
     )
-    return replace(result, feature_cache=asdict(cache)), model
+    if load_backbone and not prepared.net.backbone.weights_loaded:
+        load_backbone_weights(prepared.net, recipe)
+    return replace(result, feature_cache=asdict(prepared.cache)), prepared.net
 
 
 def machine_info() -> dict[str, str]:

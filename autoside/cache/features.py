@@ -3,7 +3,8 @@
 :func:`use_cache` decides (and says why not, when not): the cache applies where it is exact, i.e. a family that
 writes nothing back (``SideNet.cacheable``) and a recipe without random augmentation (augmented inputs differ every
 epoch). It then makes sure every (split, tap) the family reads is stored, computing the missing ones in one backbone
-pass per split under the store's lock, and returns what :func:`autoside.train.train_model` trains instead:
+pass per split under the store's lock (:mod:`autoside.cache.entries`), and returns what
+:func:`autoside.train.train_model` trains instead:
 
 * :class:`SideOnly`, the side network without its backbone: its parameters are the side's alone, so the backbone is
   neither moved to the device nor counted in the measured training memory (it takes no part in training);
@@ -13,69 +14,21 @@ pass per split under the store's lock, and returns what :func:`autoside.train.tr
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoside.cache.store import CACHE_VERSION, CacheUnavailable, FeatureStore
+from autoside.cache.entries import CacheInfo, FeatureSplit, ensure_features
+from autoside.cache.store import CacheUnavailable
 from autoside.data import Preprocess, Task
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.units import parse_bytes
 
 log = logging.getLogger("autoside.cache")
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class CacheInfo:
-    """What the cache did for one trial (logged to its MLflow run)."""
-
-    status: str  # "hit" (every entry was stored), "built" (some were computed now), "bypassed"
-    reason: str = ""
-    hits: int = 0
-    built: int = 0
-    build_seconds: float = 0.0
-    bytes: int = 0
-    dtype: str = ""
-    entries: list[str] = field(default_factory=list)
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "feature_cache_hits": self.hits,
-            "feature_cache_built": self.built,
-            "feature_cache_build_seconds": self.build_seconds,
-            "feature_cache_bytes": self.bytes,
-        }
-
-
-@dataclass(frozen=True)
-class FeatureSplit:
-    """Stored features of one split: tensors in RAM when they fit (like small image sets), else memory-mapped
-    arrays read batch by batch; batches come out in the order asked for."""
-
-    feats: dict[str, torch.Tensor | np.ndarray]
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, batch_size: int, order: torch.Tensor | None = None):  # noqa: ANN201 - like Split.batches
-        order = torch.arange(len(self)) if order is None else order
-        for idx in order.split(batch_size):
-            yield {name: _rows(a, idx) for name, a in self.feats.items()}, self.labels[idx]
-
-
-def _rows(array: torch.Tensor | np.ndarray, idx: torch.Tensor) -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        return array[idx]
-    return torch.from_numpy(np.ascontiguousarray(array[idx.numpy()]))
 
 
 class FeatureInputs(nn.Module):
@@ -129,44 +82,13 @@ class SideOnly(nn.Module):
         return self.net.side(feats)
 
 
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of every tensor of a module's state (names, shapes, dtypes, bytes): the backbone's identity."""
-    digest = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _base_key(net: SideNet, task: Task, recipe: Recipe, amp: bool) -> dict[str, Any]:
-    spec = net.backbone.spec
-    return {
-        "version": CACHE_VERSION,
-        "torch": torch.__version__,
-        "backbone": {
-            "name": spec.name,
-            "timm_model": spec.timm_model,
-            "timm_kwargs": spec.timm_kwargs,
-            "image_size": spec.image_size,
-            "weights": weights_digest(net.backbone),
-        },
-        "data": {**recipe.dataset.__dict__, "task": task.name, "decode_size": recipe.image_size},
-        "preprocess": {k: spec.data_config.get(k) for k in ("input_size", "mean", "std", "interpolation")},
-        "autocast_bf16": amp,
-        "dtype": recipe.cache_dtype,
-    }
-
-
 def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
     """Why a trial of ``net`` under ``recipe`` cannot train on stored features (None: it will)."""
     if not recipe.feature_cache:
         return "turned off (--no-cache / feature_cache: false)"
-    if not net.cacheable:
-        return (
-            f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
-            "the backbone from the start, trains it, or makes its frozen blocks random, e.g. with stochastic depth)"
-        )
+    reason = net.uncacheable_reason()
+    if reason is not None:
+        return reason
     if recipe.augment:
         return "random training augmentation: inputs differ every epoch"
     return None
@@ -192,55 +114,22 @@ def use_cache(
 ) -> tuple[nn.Module, Task, nn.Module | None, CacheInfo]:
     """``(model, task, preprocess, info)`` to train; without the cache the first three are ``net, task, None``."""
 
-    def bypass(reason: str) -> tuple[nn.Module, Task, None, CacheInfo]:
-        log.info("feature cache bypassed for %s: %s", net.config.family, reason)
+    def bypass(reason: str, level: int = logging.INFO) -> tuple[nn.Module, Task, None, CacheInfo]:
+        log.log(level, "feature cache bypassed for %s: %s", net.config.family, reason)
         return net, task, None, CacheInfo("bypassed", reason)
 
     reason = bypass_reason(net, recipe)
     if reason is not None:
         return bypass(reason)
-    amp = recipe.amp and device.type == "cuda"
-    store = FeatureStore(recipe.cache_dir)
-    taps = net.feature_taps() or ()
-    base = _base_key(net, task, recipe, amp)
-    info = CacheInfo("hit", dtype=recipe.cache_dtype)
-    splits = {}
     try:
-        for split_name in SPLITS:
-            split = getattr(task, split_name)
-            labels_digest = hashlib.sha256(split.labels.numpy().tobytes()).hexdigest()[:16]
-            # Keys of every tap of the kinds this family reads: a build stores them all in its one backbone pass, so
-            # later designs that read other blocks never run the backbone again.
-            keys = {
-                tap: {**base, "split": split_name, "n": len(split), "labels": labels_digest, "tap": tap}
-                for tap in net.backbone.tap_names(taps)
-            }
-            feats = {tap: store.read(keys[tap]) for tap in taps}
-            missing = [tap for tap, array in feats.items() if array is None]
-            if missing:
-                with store.locked():  # another process may have built them while we waited
-                    feats.update({tap: store.read(keys[tap]) for tap in missing})
-                    missing = [tap for tap in missing if feats[tap] is None]
-                    if missing:
-                        tic = time.perf_counter()
-                        todo = {t: key for t, key in keys.items() if t in missing or store.read(key) is None}
-                        stored = _build(net, split, todo, store, recipe, device, amp)
-                        feats.update({tap: stored[tap] for tap in missing})
-                        info.build_seconds += time.perf_counter() - tic
-                        info.built += len(todo)
-            info.hits += len(taps) - len(missing)
-            info.bytes += sum(a.nbytes for a in feats.values())
-            splits[split_name] = FeatureSplit(feats, split.labels)
-        limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
-        if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
-            for name, split in splits.items():
-                splits[name] = FeatureSplit(
-                    {k: torch.from_numpy(np.array(a)) for k, a in split.feats.items()}, split.labels
-                )
-    except CacheUnavailable as exc:
-        return bypass(str(exc))
-    info.status = "built" if info.built else "hit"
-    info.entries = list(taps)
+        splits, info = ensure_features(net.backbone, task, recipe, net.feature_taps() or (), device=device)
+    except CacheUnavailable as exc:  # the user asked for a cache: say why this trial computes its features
+        return bypass(f"{exc}; this trial computes its features itself", logging.WARNING)
+    limit = parse_bytes(recipe.dataset.max_in_memory, field="dataset.max_in_memory")
+    if limit is None or info.bytes <= limit:  # the fast path: read the files once, index tensors in RAM
+        for name, split in splits.items():
+            in_ram = {k: torch.from_numpy(np.array(a)) for k, a in split.feats.items()}
+            splits[name] = FeatureSplit(in_ram, split.labels)
     log.info(
         "feature cache %s for %s: %d stored, %d built in %.1f s",
         info.status,
@@ -251,37 +140,3 @@ def use_cache(
     )
     features = Task(task.name, task.classes, splits["train"], splits["val"], splits["test"])
     return SideOnly(net), features, FeatureInputs(device), info
-
-
-@torch.no_grad()
-def _build(
-    net: SideNet,
-    split: Any,
-    keys: dict[str, dict[str, Any]],
-    store: FeatureStore,
-    recipe: Recipe,
-    device: torch.device,
-    amp: bool,
-) -> dict[str, np.ndarray]:
-    """One backbone pass over ``split`` (in stored order), each batch's taps written straight into the entries."""
-    backbone = net.backbone
-    preprocess = Preprocess.from_data_config(backbone.spec.data_config).to(device)
-    home = next(backbone.parameters()).device
-    backbone.to(device)
-    taps, pending, row = tuple(keys), {}, 0
-    try:
-        for images, _ in split.batches(recipe.eval_batch_size):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = backbone.taps(preprocess(images), taps)
-            for tap in taps:
-                if tap not in pending:
-                    shape = (len(split), *out[tap].shape[1:])
-                    pending[tap] = store.begin(keys[tap], shape, recipe.cache_dtype)
-                pending[tap].array[row : row + len(images)] = out[tap].float().cpu().numpy()
-            row += len(images)
-        return {tap: entry.commit() for tap, entry in pending.items()}
-    finally:
-        backbone.to(home)
-        for entry in pending.values():
-            if entry.array is not None:
-                entry.abort()

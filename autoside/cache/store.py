@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,18 @@ class FeatureStore:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def _paths(self, digest: str) -> tuple[Path, Path]:
-        return self.root / f"{digest}.npy", self.root / f"{digest}.json"
+    def _paths(self, digest: str, suffix: str = ".npy") -> tuple[Path, Path]:
+        return self.root / f"{digest}{suffix}", self.root / f"{digest}.json"
 
     def read(self, key: dict[str, Any]) -> np.ndarray | None:
         """The entry's array (memory-mapped, read-only), or ``None`` when it is missing, half-written or corrupt."""
+        found = self.read_file(key, ".npy")
+        return np.load(found[0], mmap_mode="r") if found else None
+
+    def read_file(self, key: dict[str, Any], suffix: str) -> tuple[Path, dict[str, Any]] | None:
+        """A whole, checksummed entry's file and metadata, or ``None`` (missing, half-written or corrupt)."""
         digest = key_digest(key)
-        data, meta_path = self._paths(digest)
+        data, meta_path = self._paths(digest, suffix)
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
@@ -74,10 +79,25 @@ class FeatureStore:
             return None
         if digest not in _VERIFIED:
             if data.stat().st_size != meta.get("bytes") or _sha256(data) != meta.get("sha256"):
-                self._remove(digest)
+                with contextlib.suppress(OSError):  # a read-only cache keeps it; it is never read either way
+                    self._remove(digest)
                 return None
             _VERIFIED.add(digest)
-        return np.load(data, mmap_mode="r")
+        return data, meta
+
+    def write_file(
+        self, key: dict[str, Any], suffix: str, write: Callable[[Path], None], extra: dict[str, Any]
+    ) -> Path:
+        """A new entry written by ``write(path)`` to a temporary file, then committed like an array (call under
+        :meth:`locked`); ``extra`` joins its metadata."""
+        digest = key_digest(key)
+        tmp = self.root / f".{digest}.{os.getpid()}{suffix}.tmp"
+        try:
+            write(tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CacheUnavailable(f"feature cache {self.root}: writing failed ({exc.strerror or exc})") from None
+        return PendingEntry(self, key, digest, tmp, None, suffix=suffix, extra=extra).commit_file()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -108,7 +128,8 @@ class FeatureStore:
     def entries(self) -> list[dict[str, Any]]:
         """Metadata of every complete entry, plus ``digest``; half-written ones are listed with ``incomplete``."""
         rows = []
-        for data in sorted(self.root.glob("*.npy")) if self.root.is_dir() else []:
+        files = [*self.root.glob("*.npy"), *self.root.glob("*.safetensors")] if self.root.is_dir() else []
+        for data in sorted(files):
             digest = data.stem
             try:
                 meta = json.loads(self._paths(digest)[1].read_text())
@@ -129,28 +150,46 @@ class FeatureStore:
 
     def _remove(self, digest: str) -> None:
         _VERIFIED.discard(digest)
-        for path in self._paths(digest):
+        for path in (*self._paths(digest), self._paths(digest, ".safetensors")[0]):
             path.unlink(missing_ok=True)
 
 
 class PendingEntry:
     """An entry being written: fill :attr:`array`, then :meth:`commit` (or :meth:`abort`)."""
 
-    def __init__(self, store: FeatureStore, key: dict[str, Any], digest: str, tmp: Path, array: np.ndarray) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        key: dict[str, Any],
+        digest: str,
+        tmp: Path,
+        array: np.ndarray | None,
+        *,
+        suffix: str = ".npy",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.store, self.key, self.digest, self.tmp, self.array = store, key, digest, tmp, array
+        self.suffix, self.extra = suffix, dict(extra or {})
         self.started = time.perf_counter()
 
     def commit(self) -> np.ndarray:
         """Checksum, rename into place, then the metadata (also by rename); returns the entry read back."""
-        data, meta_path = self.store._paths(self.digest)
         try:
             self.array.flush()
-            shape, dtype = list(self.array.shape), str(self.array.dtype)
-            self.array = None
+        except OSError as exc:
+            self.abort()
+            raise CacheUnavailable(f"feature cache {self.store.root}: writing failed ({exc.strerror or exc})") from None
+        self.extra.update(shape=list(self.array.shape), dtype=str(self.array.dtype))
+        self.array = None
+        return np.load(self.commit_file(), mmap_mode="r")
+
+    def commit_file(self) -> Path:
+        """Checksum the written file, rename it into place, then its metadata (also by rename); returns its path."""
+        data, meta_path = self.store._paths(self.digest, self.suffix)
+        try:
             meta = {
                 "key": self.key,
-                "shape": shape,
-                "dtype": dtype,
+                **self.extra,
                 "bytes": self.tmp.stat().st_size,
                 "sha256": _sha256(self.tmp),
                 "build_seconds": round(time.perf_counter() - self.started, 3),
@@ -164,7 +203,7 @@ class PendingEntry:
             self.abort()
             raise CacheUnavailable(f"feature cache {self.store.root}: writing failed ({exc.strerror or exc})") from None
         _VERIFIED.add(self.digest)
-        return np.load(data, mmap_mode="r")
+        return data
 
     def abort(self) -> None:
         self.array = None

@@ -56,11 +56,14 @@ def _cache(args: argparse.Namespace) -> int:
     print(f"{store.root}: {len(rows)} entries, {format_bytes(sum(r.get('bytes', 0) for r in rows))}")
     for row in rows:
         key = row.get("key", {})
-        what = (
-            "half-written (rebuilt on next use)"
-            if row.get("incomplete")
-            else f"{key['backbone']['name']} {key['data']['name']}/{key['split']} {key['tap']} {row['dtype']} "
-            f"{tuple(row['shape'])} built in {row['build_seconds']:.1f} s"
-        )
+        if row.get("incomplete"):
+            what = "half-written (rebuilt on next use)"
+        elif key.get("record"):
+            what = f"{key['backbone']['name']} weights record ({row['tensors']} tensors, {key['backbone']['weights']})"
+        else:
+            what = (
+                f"{key['backbone']['name']} {key['data']['name']}/{key['split']} {key['tap']} {row['dtype']} "
+                f"{tuple(row['shape'])} built in {row['build_seconds']:.1f} s"
+            )
         print(f"{row['digest']}  {format_bytes(row.get('bytes', 0)):>10}  {what}")
     return 0

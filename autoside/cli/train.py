@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else []), *cache_overrides(args)]
     overrides += ["dataset.skip_bad_videos=true"] if args.skip_bad_videos else []
     recipe = load_recipe(args.recipe, overrides)
-    result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty())
+    result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty(), load_backbone=False)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -90,4 +90,10 @@ def stream_batches(
         num_workers=images.workers,
         persistent_workers=False,
     )
-    yield from loader
+    try:
+        yield from loader
+    except DataError as exc:
+        # A file that passed the up-front check but does not decode (a truncated JPEG): a worker's error comes back
+        # wrapped in its traceback; the user gets the original line, which names the file.
+        last = str(exc).strip().splitlines()[-1]
+        raise DataError(last.removeprefix(f"{DataError.__module__}.{DataError.__name__}: ")) from None

@@ -26,7 +26,12 @@ class ExportError(AutosideError):
 
 
 def backbone_state_sha256(backbone: Backbone) -> str:
-    """sha256 over the backbone's frozen tensors (names, dtypes, shapes and bytes), whatever their source."""
+    """sha256 over the backbone's frozen tensors (names, dtypes, shapes and bytes), whatever their source; for a
+    backbone whose weights were not loaded (a cached trial's), the hash recorded when they were."""
+    if not backbone.weights_loaded:
+        if backbone.state_sha256 is None:
+            raise ExportError(f"backbone {backbone.spec.name!r}: its weights are not loaded and their hash is unknown")
+        return backbone.state_sha256
     trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
     digest = hashlib.sha256()
     for key, tensor in sorted(backbone.state_dict().items()):

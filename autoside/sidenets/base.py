@@ -76,9 +76,39 @@ class SideNet(nn.Module):
         """The modules :meth:`side` runs: every child but the backbone (plus the frozen blocks it still needs)."""
         return {name: module for name, module in self.named_children() if name != "backbone"}
 
+    def frozen_state_read(self) -> tuple[str, ...]:
+        """Prefixes of the backbone's state (keys of ``backbone.model``) this side network reads besides stored
+        features: a cached trial reads only these (:mod:`autoside.cache.backbone`). By default the backbone modules
+        that :meth:`side` runs; a family that copies backbone tensors when it is built adds those."""
+        names = {id(m): name for name, m in self.backbone.model.named_modules() if name}
+        found: list[str] = []
+
+        def walk(module: nn.Module) -> None:
+            if id(module) in names:
+                found.append(f"{names[id(module)]}.")
+            else:
+                for child in module.children():
+                    walk(child)
+
+        for module in self.side_modules().values():
+            walk(module)
+        return tuple(dict.fromkeys(found))
+
+    def uncacheable_reason(self) -> str | None:
+        """Why this side network cannot train on stored features (``None``: it can)."""
+        family = self.config.family
+        if not self.backbone.frozen:
+            return f"{family!r} trains its backbone"
+        if self.feature_taps() is None:
+            return (
+                f"{family!r} reads no features of the image alone (it writes back into the backbone from its first "
+                "block, or runs it on clips)"
+            )
+        return None
+
     @property
     def cacheable(self) -> bool:
-        return self.backbone.frozen and self.feature_taps() is not None
+        return self.uncacheable_reason() is None
 
     def __init__(self, config: SideConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()

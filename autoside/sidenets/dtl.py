@@ -235,32 +235,59 @@ class DTL(SideNet):
             x = self._embed(x)
         return self._run(x)
 
+    def uncacheable_reason(self) -> str | None:
+        if self.config.drop_path > 0 and self.merge_from > 1:
+            return (
+                f"'dtl' with drop_path={self.config.drop_path}: stochastic depth drops residual branches of blocks "
+                f"2..{self.merge_from} at random while training, so the tokens entering block {self.merge_from + 1} "
+                "differ every step (stored features are exact only with merge_from=1 or drop_path=0)"
+            )
+        return super().uncacheable_reason()
+
     def feature_taps(self) -> tuple[str, ...] | None:
-        """On a ViT without stochastic depth, blocks ``1..M`` are a pure function of the image: their inputs (what
-        the maps read) and block ``M``'s output can be stored; ``side`` runs blocks ``M+1..L`` (1-indexed) only."""
-        if self.backbone.spec.layout != "vit" or self.config.drop_path > 0:
+        """Blocks ``1..M`` are a pure function of the image (unless stochastic depth makes them random): their inputs
+        (what the maps read) and block ``M``'s output can be stored; ``side`` runs blocks ``M+1..L`` (1-indexed)."""
+        if self.config.drop_path > 0 and self.merge_from > 1:
             return None
         last = self.merge_from - 1
-        inputs = [_input_tap(i) for i in sorted(int(k) for k in self.maps) if i <= last]
-        return tuple(dict.fromkeys([*inputs, f"tokens:{last}"]))
+        inputs = [self._input_tap(i) for i in sorted(int(k) for k in self.maps) if i <= last]
+        output = f"tokens:{last}" if self.backbone.spec.layout == "vit" else f"block:{last}"
+        return tuple(dict.fromkeys([*inputs, output]))
+
+    def _input_tap(self, block: int) -> str:
+        """The stored feature that enters ``block`` (0-indexed): on a ViT the embedded tokens or the previous block's
+        output; on a Swin the previous block's output within a stage, else the stage's (downsampled) input."""
+        if self.backbone.spec.layout == "vit":
+            return "embed" if block == 0 else f"tokens:{block - 1}"
+        return f"block_in:{block}" if block in self._stage_starts() else f"block:{block - 1}"
+
+    def _stage_starts(self) -> list[int]:
+        starts, i = [], 0
+        for _, blocks in _stages(self.backbone.model, self.backbone.spec.layout):
+            starts.append(i)
+            i += len(blocks)
+        return starts
 
     def side_modules(self) -> dict[str, nn.Module]:
-        model = self.backbone.model
-        return {
-            **super().side_modules(),
-            "later_blocks": nn.ModuleList(model.blocks[self.merge_from :]),
-            "final_norm": self._final_norm_module(),
-        }
+        later: list[nn.Module] = []
+        i = 0
+        for downsample, blocks in _stages(self.backbone.model, self.backbone.spec.layout):
+            if i >= self.merge_from and downsample is not None:
+                later.append(downsample)
+            later += blocks[max(0, self.merge_from - i) :]
+            i += len(blocks)
+        return {**super().side_modules(), "later_blocks": nn.ModuleList(later), "final_norm": self._final_norm_module()}
 
     def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         last = self.merge_from - 1
         h = None
         for i in sorted(int(k) for k in self.maps):
-            if i <= last:
-                update = self.maps[str(i)](feats[_input_tap(i)])
+            if i <= last:  # every map up to M sits in M's stage: a stage without a block >= M has none
+                update = self.maps[str(i)](feats[self._input_tap(i)])
                 h = update if h is None else h + update
-        x = feats[f"tokens:{last}"]
-        return self._run(self._merge(x, h, 0), first=self.merge_from, h=h)
+        x = feats[self.feature_taps()[-1]]
+        stage = sum(start <= last for start in self._stage_starts()) - 1
+        return self._run(self._merge(x, h, stage), first=self.merge_from, h=h)
 
     def _merge(self, x: torch.Tensor, h: torch.Tensor | None, stage: int) -> torch.Tensor:
         if h is None:
@@ -300,11 +327,6 @@ class DTL(SideNet):
         else:
             features = self._final_norm(x[:, spec.num_prefix_tokens :].mean(dim=1))
         return self.head(self.drop(features))
-
-
-def _input_tap(block: int) -> str:
-    """The stored feature that enters ``block`` (0-indexed): the embedded tokens, or the previous block's output."""
-    return "embed" if block == 0 else f"tokens:{block - 1}"
 
 
 def _preset(**kwargs: object) -> dict[str, object]:

@@ -158,6 +158,12 @@ class LoSA(SideNet):
         """Frozen block outputs ``b_i`` (all tokens) of the adapted layers and of the last one."""
         return tuple(f"tokens:{i}" for i in sorted({*self.adapted, self.backbone.spec.num_taps - 1}))
 
+    def frozen_state_read(self) -> tuple[str, ...]:
+        """The final norm the side norm starts from (nothing else of the backbone)."""
+        model = self.backbone.model
+        name = next(n for n, m in model.named_modules() if m is _final_norm(model))
+        return (*super().frozen_state_read(), f"{name}.")
+
     def side(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         h = None
         for i in self.adapted:

@@ -169,6 +169,7 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
     from autoside.data import list_datasets
     from autoside.sidenets import get_family
     from autoside.train import build_backbone
+    from autoside.tune.warm import may_read_cache
 
     video = list_datasets()[recipe.dataset.name.split("/")[0]].video
     if video:
@@ -180,7 +181,7 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             )
     backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
-    if budget is None or _may_read_cache(space, recipe):
+    if budget is None or may_read_cache(space, recipe):
         return  # a trial on stored features holds neither the backbone nor images: no floor below the budget
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
     frames = recipe.dataset.frames if video else 1
@@ -193,15 +194,6 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             f"{recipe.batch_size} ({format_bytes(batch)}) need {format_bytes(need)}; raise the budget or lower "
             f"batch_size / image_size"
         )
-
-
-def _may_read_cache(space: Any, recipe: Any) -> bool:
-    """Whether some configuration of ``space`` may train on the feature cache under ``recipe``."""
-    from autoside.sidenets import SideNet, get_family
-
-    if not recipe.feature_cache or recipe.augment:
-        return False
-    return any(get_family(f.family).feature_taps is not SideNet.feature_taps for f in space.families)
 
 
 def _drive(

@@ -324,6 +324,7 @@ def run_tuner(state: DriverState) -> bool:
     searcher.limit = state.remaining
     trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()), resources)
     progress.start()
+    _warm_cache(state, progress)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -350,6 +351,29 @@ def run_tuner(state: DriverState) -> bool:
     if searcher.finished_early:
         progress.print(f"no untried configuration of space {state.space.name!r} is left: the search ends early")
     return bool(getattr(tuner, "_interrupted", False)) or _still_running(state)
+
+
+def _warm_cache(state: DriverState, progress: Progress) -> None:
+    """Store the features trials will read on every node before the first trial (:mod:`autoside.tune.warm`)."""
+    from autoside.tune.warm import may_read_cache, warm_cache
+
+    if not may_read_cache(state.space, state.recipe):
+        return
+    cuda = state.context.recipe["device"] != "cpu"
+    fixed = 0.0 if state.opts.gpus_per_trial == "auto" else float(state.opts.gpus_per_trial)
+    done = warm_cache(
+        state.context.recipe,
+        state.context.space,
+        threads=state.context.threads,
+        gpus=(fixed or 1.0) if cuda else 0.0,
+    )
+    for node in done:
+        progress.print(
+            f"feature cache on node {node['node'][:8]}: {node['built']} entries built, {node['taps']} features "
+            f"per split ready in {node['seconds']:.1f} s"
+        )
+    state.meta["feature_cache_warm"] = done
+    write_meta(state.path, state.meta)
 
 
 def _still_running(state: DriverState) -> bool:

@@ -2,9 +2,9 @@
 
 1. Rebuild the side config by replaying the sampled parameters through the space (one path from parameters to
    architecture), and the recipe with the search's memory budget.
-2. Build the frozen backbone and the side network; predict the peak training memory with dry steps
-   (:mod:`autoside.memory.predict`). Over the budget: refused in seconds, recorded as ``infeasible`` with the
-   predicted memory.
+2. Build the side network (on stored features, and without loading the backbone, where the cache allows it);
+   predict the peak training memory with dry steps (:mod:`autoside.memory.predict`). Over the budget: refused in
+   seconds, recorded as ``infeasible`` with the predicted memory.
 3. Train capped at ``min(budget, share)`` (the share: the memory of the GPU fraction it was packed into; CPU: the
    live-tensor tracker stops the trial at the cap; CUDA: a per-process allocator cap). Over the budget: infeasible;
    out of its share under the budget: requeued once with a larger share (:mod:`autoside.tune.resources`).
@@ -190,11 +190,10 @@ def _train_and_record(  # noqa: C901, PLR0913, PLR0915
 ) -> dict[str, Any]:
     import torch
 
-    from autoside.cache import use_cache
     from autoside.memory.meter import MemoryBudgetExceeded
     from autoside.memory.predict import predict_peak_memory
     from autoside.recipe import recipe_from_dict
-    from autoside.train import build_model, resolve_device, train_model
+    from autoside.train import prepare_trial, resolve_device, train_model
     from autoside.tune.resources import cuda_oom_bytes, overrun_status, per_trial_cap
 
     torch.set_num_threads(max(1, ctx.threads))
@@ -208,11 +207,23 @@ def _train_and_record(  # noqa: C901, PLR0913, PLR0915
     try:
         task = _task(json.dumps(recipe.dataset.__dict__, sort_keys=True, default=str), recipe.image_size)
         device = resolve_device(recipe.device)
-        model = build_model(recipe, task.num_classes, side_config)
+        prepared = prepare_trial(recipe, task, side_config, device=device)
+        model, trained, inputs, preprocess, cache = (
+            prepared.net,
+            prepared.model,
+            prepared.task,
+            prepared.preprocess,
+            prepared.cache,
+        )
         metrics["trainable_params"] = model.num_trainable()
-        trained, inputs, preprocess, cache = use_cache(model, task, recipe, device=device)
         extra["feature_cache"] = asdict(cache)
-        run.log(cache.metrics(), tags={"feature_cache": f"{cache.status} {cache.reason}".strip()[:5000]})
+        run.log(
+            cache.metrics(),
+            tags={
+                "feature_cache": f"{cache.status} {cache.reason}".strip()[:5000],
+                "backbone_loaded": "yes" if cache.backbone_loaded else "no",
+            },
+        )
         if ctx.budget_bytes is not None:
             prediction = predict_peak_memory(trained, inputs, recipe, device=device, preprocess=preprocess)
             extra["memory_prediction"] = prediction.to_dict()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import threading
 from dataclasses import replace
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from autoside.cache import FeatureStore, use_cache
+from autoside.cache.features import bypass_reason
 from autoside.data import Task
 from autoside.recipe import Recipe
 from autoside.sidenets import create_sidenet
@@ -72,7 +75,7 @@ def test_fp16_is_the_default_and_half_the_size(tmp_path):
 
 def test_writing_families_and_augmentation_bypass_the_cache_with_a_reason(tmp_path):
     _, _, _, info = use_cache(_net("full"), _task(), _recipe(tmp_path), device=CPU)
-    assert info.status == "bypassed" and "writes back" in info.reason
+    assert info.status == "bypassed" and info.reason == "'full' trains its backbone"
     _, _, _, info = use_cache(_net("linear"), _task(), _recipe(tmp_path, augment=True), device=CPU)
     assert info.status == "bypassed" and "augmentation" in info.reason
 
@@ -83,6 +86,24 @@ def test_unusable_cache_folder_falls_back_to_computing(tmp_path):
     result, info = _train(_net("linear"), _task(), recipe)
     assert info.status == "bypassed" and "cannot be used" in info.reason
     assert len(result.history) == 2
+
+
+def test_a_full_disk_falls_back_to_computing_and_leaves_nothing_half_written(tmp_path, caplog):
+    recipe, task = _recipe(tmp_path), _task()
+    # A file-size limit makes every write past 200 bytes fail as on a full disk (EFBIG instead of ENOSPC).
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, limit[1]))
+    try:
+        model, inputs, preprocess, info = use_cache(_net("linear"), task, recipe, device=CPU)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert info.status == "bypassed" and "writing failed (File too large)" in info.reason
+    assert "computes its features itself" in caplog.text  # a warning, not only the trial's record
+    result = train_model(model, inputs, recipe, device=CPU, preprocess=preprocess)
+    assert len(result.history) == 2
+    assert FeatureStore(recipe.cache_dir).entries() == [] and not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_half_written_and_corrupt_entries_are_rebuilt_never_read(tmp_path):
@@ -127,16 +148,54 @@ def test_two_builders_at_once_compute_each_entry_once(tmp_path):
     assert sum(i.hits for i in infos) == 3 * 12
 
 
-@pytest.mark.parametrize("options", [{}, {"merge_from": 1, "kernel_size": 3}, {"merge_from": 12, "first_tap": 3}])
-def test_dtl_on_stored_features_gives_the_uncached_logits(options):
-    net = _net("dtl", **options).train()
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [
+        ("vit", {}),
+        ("vit", {"merge_from": 1, "kernel_size": 3}),
+        ("vit", {"merge_from": 12, "first_tap": 3}),
+        ("swin", {}),  # M = 13, inside the third stage
+        ("swin", {"merge_from": 2, "kernel_size": 3}),  # M ends the first stage: the second starts with a downsample
+        ("swin", {"merge_from": 3, "first_tap": 2}),  # M is the first block of a stage
+        ("swin", {"merge_from": 24}),
+    ],
+)
+def test_dtl_on_stored_features_gives_the_uncached_logits(layout, options):
+    torch.manual_seed(0)
+    net = create_sidenet("dtl", tiny_backbone(layout), num_classes=3, **options).train()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     feats = net.backbone.taps(x, net.feature_taps())
-    assert net.merge_from and f"tokens:{net.merge_from - 1}" in feats
+    assert net.cacheable and net.merge_from
     torch.testing.assert_close(net.side(feats), net(x), rtol=1e-5, atol=1e-6)
 
 
-def test_dtl_with_stochastic_depth_or_on_swin_is_not_cacheable():
-    assert not _net("dtl", drop_path=0.1).cacheable
-    torch.manual_seed(0)
-    assert not create_sidenet("dtl", tiny_backbone("swin"), num_classes=3).cacheable
+def test_dtl_with_stochastic_depth_is_cached_only_where_exact():
+    net = _net("dtl", drop_path=0.1, merge_from=7)
+    assert not net.cacheable and net.feature_taps() is None
+    assert "stochastic depth" in net.uncacheable_reason() and "block 8 differ every step" in net.uncacheable_reason()
+    reason = bypass_reason(net, Recipe())
+    assert reason == net.uncacheable_reason()
+    # Merging from block 1: only block 1 (drop rate 0) is stored; the random blocks run in the side part, drawing the
+    # same masks in the same order as the uncached forward.
+    net = _net("dtl", drop_path=0.1, merge_from=1).train()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    feats = net.backbone.taps(x, net.feature_taps())
+    torch.manual_seed(1)
+    uncached = net(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(net.side(feats), uncached, rtol=1e-5, atol=1e-6)
+
+
+def test_swin_dtl_trains_the_same_on_stored_features(tmp_path):
+    recipe, task = _recipe(tmp_path, cache_dtype="float32"), _task()
+
+    def net():  # noqa: ANN202
+        torch.manual_seed(0)
+        return create_sidenet("dtl", tiny_backbone("swin"), num_classes=3, merge_from=3, kernel_size=3)
+
+    plain, _ = _train(net(), task, replace(recipe, feature_cache=False))
+    cached, info = _train(net(), task, recipe)
+    assert info.status == "built" and set(info.entries) == {"block_in:2", "block:2"}
+    for a, b in zip(plain.history, cached.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+    assert cached.test_accuracy == plain.test_accuracy

@@ -42,6 +42,13 @@ def test_train_flags_choose_the_cache_folder_or_none(tmp_path, tiny_recipe_dict,
     cache = tmp_path / "features"
     assert main(["train", str(path), "--json", "--cache-dir", str(cache)]) == 0
     assert json.loads(capsys.readouterr().out)["feature_cache"]["status"] == "built"
-    assert len(FeatureStore(cache).entries()) == 3
+    rows = FeatureStore(cache).entries()
+    # The pooled features of 3 splits, and the weights record a later trial builds its side network from.
+    assert len(rows) == 4 and sum(bool(r["key"].get("record")) for r in rows) == 1
+    assert main(["cache", "ls", "--cache-dir", str(cache)]) == 0
+    assert "tf_efficientnet_lite0 weights record" in capsys.readouterr().out
+    assert main(["train", str(path), "--json", "--cache-dir", str(cache)]) == 0
+    cached = json.loads(capsys.readouterr().out)["feature_cache"]
+    assert cached["status"] == "hit" and not cached["backbone_loaded"]
     assert main(["train", str(path), "--json", "--no-cache"]) == 0
     assert json.loads(capsys.readouterr().out)["feature_cache"]["reason"].startswith("turned off")

@@ -88,3 +88,21 @@ def test_augmentation_is_off_by_default():
     from autoside.recipe import Recipe
 
     assert Recipe().augment is False
+
+
+def test_a_file_that_fails_while_streaming_is_named_in_one_line(tmp_path):
+    import io
+
+    root = _folder(tmp_path, size=32)
+    # A JPEG cut in half passes the up-front check (its header is whole) and fails only when a worker decodes it.
+    data = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data, "JPEG")
+    (root / "b" / "cut.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    cfg = DatasetConfig(name="imagefolder", root=str(root), train_size=10, val_size=2, workers=1, max_in_memory=1000)
+    task = load_task(cfg, image_size=32)
+    with pytest.raises(DataError) as info:
+        for _ in task.train.batches(4):
+            pass
+    message = str(info.value)
+    assert "cut.jpg: not a readable image" in message and "\n" not in message and "Traceback" not in message
