@@ -319,7 +319,7 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
 
     result = autoside.search(
         SPACE,
-        RECIPE,
+        {**RECIPE, "cache_dir": str(tmp_path / "features")},  # its own cache: the warm-up builds it
         num_samples=6,
         max_concurrent=2,
         memory_budget=BUDGET,
