@@ -162,6 +162,8 @@ def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
     """Why a trial of ``net`` under ``recipe`` cannot train on stored features (None: it will)."""
     if not recipe.feature_cache:
         return "turned off (--no-cache / feature_cache: false)"
+    if getattr(net, "task", "classification") == "detection":
+        return "a detector trains on images (its feature pyramid reads every stage map at full resolution)"
     if not net.cacheable:
         return (
             f"{net.config.family!r} with this configuration reads no features of the image alone (it writes back into "
