@@ -325,3 +325,11 @@ def cst_resnet50() -> dict[str, object]:
         lambda_feat=1.0,
         distill_epochs=1,
     )
+
+
+@register_sidenet("cst")
+def cst_det_resnet4s_fmnist() -> dict[str, object]:
+    """Detection on the shipped ResNet (``trials/pasted_objects_resnet.yaml``): every stage calibrated by MTC, the
+    calibrated maps going only to the detector's feature pyramid (no gradient through a frozen stage), half of the
+    copied channels pruned, side weights from the pruned copy of the frozen ones."""
+    return dict(first_stage=0, gate="mtc", writes_back=False, prune_ratio=0.5, init="copy")
