@@ -26,7 +26,9 @@ def calibration_change(model: torch.nn.Module, images: torch.Tensor, preprocess:
     x = preprocess(images)
     read = model.sidenet.stage_features(x)
     frozen = {f.shape[-1]: f for f in model.backbone.intermediates(x)}
-    return [float((read[i] - frozen[read[i].shape[-1]]).norm() / frozen[read[i].shape[-1]].norm()) for i in model.levels]
+    return [
+        float((read[i] - frozen[read[i].shape[-1]]).norm() / frozen[read[i].shape[-1]].norm()) for i in model.levels
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else [])]
     recipe = load_recipe(args.recipe, overrides)
     task = load_task(recipe.dataset, image_size=recipe.image_size)
-    result, model = run_trial(recipe, task=task)
+    result, model = run_trial(recipe, task=task, report=lambda epoch, metrics: print(epoch, metrics, flush=True))
     preprocess = Preprocess.from_data_config(model.backbone.spec.data_config)
     change = calibration_change(model.cpu(), task.val.images[:50], preprocess)
     record = {
