@@ -14,23 +14,9 @@ import torch
 
 from autoside.cli.main import main
 from autoside.errors import ConfigError
+from autoside.testing import tiny_detection_recipe
 
-RECIPE = {
-    "name": "pasted_tiny",
-    "dataset": {"name": "pasted_objects", "train_size": 16, "val_size": 8, "test_size": 8},
-    "backbone": {"name": "resnet4s_fmnist"},
-    "sidenet": {"name": "cst_det_resnet4s_fmnist", "options": {"prune_ratio": 0.75}},
-    "detector": {"fpn_channels": 16, "roi_batch": 16, "proposals": 50, "score_threshold": 0.0},
-    "image_size": 64,
-    "epochs": 2,
-    "batch_size": 8,
-    "eval_batch_size": 8,
-    "lr": 0.001,
-    "warmup_epochs": 0,
-    "memory_budget": "1GiB",
-    "device": "cpu",
-    "threads": 1,
-}
+RECIPE = tiny_detection_recipe()
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +30,8 @@ def trained():
 
 @pytest.fixture(scope="module")
 def export_dir(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autoside.export.save import save_pretrained
     from autoside.data.pasted_objects import CLASSES
+    from autoside.export.save import save_pretrained
 
     _, result, model = trained
     out = tmp_path_factory.mktemp("det") / "export"
