@@ -109,7 +109,7 @@ def training_step(
     """One optimisation step (the same one the memory predictor's dry steps take); returns the loss. ``targets``
     are on the device already (labels, or per-image box dicts for detection)."""
     objective = objective or Classification(label_smoothing)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp):
         loss = model.training_loss(objective.loss(model, x, targets))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -42,6 +42,7 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cst (head only)", "cst", {"writes_back": False}),
     ("cst_resnet50", "cst_resnet50", {}),
     ("cst_det_resnet4s_fmnist", "cst_det_resnet4s_fmnist", {}),
+    ("cst_det_resnet4s_fmnist (3/4 pruned)", "cst_det_resnet4s_fmnist", {"prune_ratio": 0.75}),
 ]
 
 

@@ -151,3 +151,13 @@ def test_detection_recipe_bad_input() -> None:
     )
     with pytest.raises(ConfigError, match=r"^backbone\.name: detection needs a staged CNN backbone"):
         build_model(vit, 5)
+
+
+def test_train_command_prints_box_map(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    recipe = tmp_path / "det.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_detection_recipe(epochs=1)))
+    assert main(["train", str(recipe), "--no-progress", "--set", "dataset.train_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "test mAP@[.5:.95]" in out and "test mAP@0.5" in out and "test accuracy" not in out
