@@ -161,9 +161,14 @@ def register(
     import torch
 
     from autoside import __version__
-    from autoside.export.format import read_side_config
+    from autoside.export.format import ExportError, read_side_config
 
     info = read_side_config(export_dir)
+    if info.get("task", "classification") != "classification":
+        raise ExportError(
+            f"{export_dir}: a {info['task']} export cannot be registered as an MLflow pyfunc model yet (its pyfunc "
+            "returns class probabilities); load it with autoside.load or use autoside predict"
+        )
     weights = str(info["backbone"].get("weights", ""))
     needs_weights = not info.get("backbone_in_weights") and not weights.startswith("pretrained:")
     if needs_weights and backbone_checkpoint is None and backbone is None:

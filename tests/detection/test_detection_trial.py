@@ -161,3 +161,12 @@ def test_train_command_prints_box_map(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["train", str(recipe), "--no-progress", "--set", "dataset.train_size=8"]) == 0
     out = capsys.readouterr().out
     assert "test mAP@[.5:.95]" in out and "test mAP@0.5" in out and "test accuracy" not in out
+
+
+def test_detector_is_not_registered_as_a_classifier_pyfunc(export_dir: Path, tmp_path: Path) -> None:
+    from autoside.export.format import ExportError
+    from autoside.export.mlflow_model import register
+
+    with pytest.raises(ExportError, match=r"a detection export cannot be registered as an MLflow pyfunc model"):
+        register(export_dir, "det", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert not (tmp_path / "m.db").exists()
