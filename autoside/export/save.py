@@ -182,7 +182,8 @@ def model_card(info: dict[str, Any]) -> str:
     from autoside.units import format_bytes
 
     spec, metrics, extra = info["backbone"], info.get("metrics") or {}, info.get("extra") or {}
-    title = f"{info['family']} side network on {spec['name']}"
+    detection = info.get("task") == "detection"
+    title = f"{info['family']} {'detector (Faster R-CNN + FPN)' if detection else 'side network'} on {spec['name']}"
     if extra.get("search") or extra.get("trial_id"):
         title += f" ({' / '.join(str(extra[k]) for k in ('search', 'trial_id') if extra.get(k))})"
     rows = [
@@ -202,7 +203,6 @@ def model_card(info: dict[str, Any]) -> str:
             ),
         ),
     ]
-    detection = info.get("task") == "detection"
     labels = (
         (("test_accuracy", "test mAP@[.5:.95]"), ("test_map_50", "test mAP@0.5"), ("val_accuracy", "validation mAP"))
         if detection

@@ -67,7 +67,8 @@ def test_export_loads_in_a_fresh_process_with_identical_boxes(trained, export_di
     _, _, model = trained
     info = json.loads((export_dir / "side_config.json").read_text())
     assert info["task"] == "detection" and info["detector"]["fpn_channels"] == 16
-    assert info["classes"][0] == "bird" and "test mAP@[.5:.95]" in (export_dir / "README.md").read_text()
+    card = (export_dir / "README.md").read_text()
+    assert info["classes"][0] == "bird" and "test mAP@[.5:.95]" in card and card.startswith("# cst detector")
     images = make_split(4, test=True, size=64, seed=1, stream=2, prefix="x").images
     model.eval()
     with torch.no_grad():
