@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from autoside.config import from_dict, load_yaml, set_dotted, to_dict
 from autoside.data import DatasetConfig
+from autoside.detection.config import DetectorConfig
 from autoside.errors import ConfigError
 from autoside.memory.meter import TRACKING_MODES
 from autoside.units import parse_bytes
@@ -38,6 +39,7 @@ class Recipe:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sidenet: SideNetChoice = field(default_factory=SideNetChoice)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # read only for a detection dataset
     image_size: int | None = None
     epochs: int = 10
     batch_size: int = 64

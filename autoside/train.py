@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from autoside.backbones import Backbone
 from autoside.data import Preprocess, Split, Task, load_task
 from autoside.data.transforms import RandomResizedCropFlip
 from autoside.errors import ConfigError, WeightsError
 from autoside.memory.meter import MemoryMeter
+from autoside.objective import Classification, Objective, objective_for
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, resolve
 
@@ -34,7 +34,10 @@ log = logging.getLogger("autoside.train")
 
 @dataclass(frozen=True)
 class TrialResult:
-    """Everything a trial reports: accuracy, measured memory and cost, and where it was measured."""
+    """Everything a trial reports: accuracy, measured memory and cost, and where it was measured.
+
+    ``val_accuracy``/``test_accuracy`` hold the score the search maximises, named by ``metric``: top-1
+    (``top1``) for classification, COCO mAP@[.5:.95] (``map``) for detection, which also reports mAP@0.5."""
 
     val_accuracy: float
     test_accuracy: float
@@ -55,6 +58,10 @@ class TrialResult:
     memory_tracked_steps: int = 0
     steps: int = 0
     feature_cache: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    metric: str = "top1"
+    val_map_50: float | None = None
+    test_map_50: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +82,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups; a model may set its own (a detector: the side network at its own learning-rate scale), each
+    group's ``lr_scale`` multiplying the schedule's rate."""
+    if hasattr(model, "param_groups"):
+        return model.param_groups(weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -82,36 +93,30 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-@torch.no_grad()
 def evaluate(
     model: SideNet, split: Split, preprocess: Preprocess, *, batch_size: int, device: torch.device, amp: bool = False
 ) -> float:
     """Top-1 accuracy with the model in eval mode (restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for images, labels in split.batches(batch_size):
-        x = preprocess(images)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        correct += (logits.argmax(-1).cpu() == labels).sum().item()
-    model.train(was_training)
-    return correct / max(1, len(split))
+    return Classification().evaluate(model, split, preprocess, batch_size=batch_size, device=device, amp=amp)[
+        "accuracy"
+    ]
 
 
 def training_step(
     model: SideNet,
     x: torch.Tensor,
-    labels: torch.Tensor,
+    targets: Any,
     optimizer: torch.optim.Optimizer,
     *,
     amp: bool,
-    label_smoothing: float,
+    label_smoothing: float = 0.0,
+    objective: Objective | None = None,
 ) -> float:
-    """One optimisation step (the same one the memory predictor's dry steps take); returns the loss."""
-    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
-        loss = model.training_loss(F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing))
+    """One optimisation step (the same one the memory predictor's dry steps take); returns the loss. ``targets``
+    are on the device already (labels, or per-image box dicts for detection)."""
+    objective = objective or Classification(label_smoothing)
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = model.training_loss(objective.loss(model, x, targets))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -135,7 +140,8 @@ def train_model(
     """Train ``model`` on ``task.train`` under ``recipe``; ``report(epoch, metrics)`` is called after each epoch
     (a search uses it for early stopping and tracking, and may raise to stop the trial). ``preprocess`` maps a
     split's batches to model inputs (default: images to the backbone's input; stored features for a cached run)."""
-    check_task(model, task)
+    check_task(model, task, recipe)
+    objective = objective_for(recipe)
     torch.manual_seed(recipe.seed)
     model.to(device)
     preprocess = preprocess or Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
@@ -158,15 +164,14 @@ def train_model(
             order = torch.randperm(len(task.train), generator=order_gen)
             epoch_loss, tic = 0.0, time.perf_counter()
             for images, labels in task.train.batches(recipe.batch_size, order):
+                lr = lr_at(step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(
-                        step, total=total, warmup=warmup, base_lr=recipe.lr, min_ratio=recipe.min_lr_ratio
-                    )
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 inputs = (order, images, labels)  # alive across steps: what a sampled meter registers
                 with meter.train_step((len(labels),), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs):
                     x = preprocess(images)
                     loss = training_step(
-                        model, augment(x), labels.to(device), optimizer, amp=amp, label_smoothing=recipe.label_smoothing
+                        model, augment(x), objective.targets_to(labels, device), optimizer, amp=amp, objective=objective
                     )
                     del x  # freed within the step, so a tracked and an untracked step leave the same behind
                 epoch_loss += loss
@@ -177,14 +182,15 @@ def train_model(
             train_time += time.perf_counter() - tic
             # Evaluation runs outside the meter's budget check: it is not part of training memory.
             with meter.paused():
-                val_acc = evaluate(
+                val = objective.evaluate(
                     model, task.val, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp
                 )
             metrics = {
                 "epoch": epoch + 1,
                 "train_loss": epoch_loss / steps_per_epoch,
-                "val_accuracy": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "val_accuracy": val["accuracy"],
+                **({"val_map_50": val["map_50"]} if "map_50" in val else {}),
+                "lr": lr,
                 "peak_memory_bytes": meter.tracker.peak_bytes,
             }
             history.append(metrics)
@@ -193,10 +199,10 @@ def train_model(
     if bar:
         bar[0].stop()
     memory = meter.report()
-    test_acc = evaluate(model, task.test, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp)
+    test = objective.evaluate(model, task.test, preprocess, batch_size=recipe.eval_batch_size, device=device, amp=amp)
     return TrialResult(
         val_accuracy=history[-1]["val_accuracy"],
-        test_accuracy=test_acc,
+        test_accuracy=test["accuracy"],
         peak_memory_bytes=memory.peak_memory_bytes,
         memory_source=memory.source,
         tracked_peak_bytes=memory.tracked_peak_bytes,
@@ -213,6 +219,10 @@ def train_model(
         history=history,
         memory_tracked_steps=memory.tracked_steps,
         steps=memory.steps,
+        task=objective.kind,
+        metric=objective.metric,
+        val_map_50=history[-1].get("val_map_50"),
+        test_map_50=test.get("map_50"),
     )
 
 
@@ -228,8 +238,17 @@ def _progress(enabled: bool, total: int, label: str):
     return bar, bar.add_task(label, total=total)
 
 
-def check_task(model: SideNet, task: Task) -> None:
-    """Clips need a side network that reads clips (a video family sees a still image as a one-frame clip)."""
+def check_task(model: SideNet, task: Task, recipe: Recipe | None = None) -> None:
+    """Clips need a side network that reads clips (a video family sees a still image as a one-frame clip); boxes
+    need a detector, and no augmentation that would move the image under its boxes."""
+    detector = getattr(model, "task", "classification") == "detection"
+    if (getattr(task, "kind", "classification") == "detection") != detector:
+        raise ConfigError(
+            f"dataset.name: {task.name!r} is a {getattr(task, 'kind', 'classification')} dataset but the model is "
+            f"{'a detector' if detector else 'a classifier'}"
+        )
+    if detector and recipe is not None and recipe.augment:
+        raise ConfigError("augment: random crops and flips would move the images under their boxes; use false")
     if task.modality == "video" and model.modality != "video":
         raise ConfigError(
             f"sidenet.family: {model.config.family!r} reads images but dataset {task.name!r} holds clips; "
@@ -238,12 +257,13 @@ def check_task(model: SideNet, task: Task) -> None:
 
 
 def build_model(recipe: Recipe, num_classes: int, config: SideConfig | None = None) -> SideNet:
-    """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``). The side network
-    is seeded on its own, so it starts the same whether or not the backbone was loaded (see :func:`prepare_trial`)."""
+    """The recipe's backbone and the side network ``config`` (default: the recipe's ``sidenet``), inside what the
+    recipe's objective trains (a detector for a detection dataset). The side network is seeded on its own, so it
+    starts the same whether or not the backbone was loaded (see :func:`prepare_trial`)."""
     config = config or resolve(recipe.sidenet.name, **recipe.sidenet.options)
     backbone = build_backbone(recipe)
     torch.manual_seed(recipe.seed)
-    return create_sidenet(config, backbone, num_classes)
+    return objective_for(recipe).build(create_sidenet(config, backbone, num_classes), num_classes)
 
 
 def build_backbone(recipe: Recipe) -> Backbone:

@@ -11,6 +11,13 @@ to the backbone (e.g. DTL on a CNN) are listed with the reason and skipped.
     python benchmarks/memory_vs_full.py --backbone resnet50 --only linear cst "cst (head only)" cst_resnet50
     python benchmarks/memory_vs_full.py --frames 8 --batch-size 4   # video: clips of 8 frames, video families
 
+With ``--detection`` every row is a Faster R-CNN with a feature pyramid over the side network's stage maps
+(:class:`autoside.detection.model.Detector`), trained on its summed RPN and box losses against three boxes per image;
+``full`` fine-tunes the backbone inside the same detector, ``linear`` is the detector on the frozen backbone with no
+side network. Families without stage maps are skipped.
+
+    python benchmarks/memory_vs_full.py --detection --backbone resnet4s_fmnist --image-size 128 --batch-size 16
+
 With ``--frames T`` the inputs are clips ``(B, T, 3, S, S)`` and the rows are the video families at their defaults
 (Side4Video's are the paper's ViT-B/16 setting: s = 320, every layer, temporal conv, CLS shift) against full
 fine-tuning of the same backbone applied frame by frame, its logits averaged over time (TSN-style).
@@ -34,6 +41,8 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("dtl+ (k=3)", "dtl", {"kernel_size": 3}),
     ("cst (head only)", "cst", {"writes_back": False}),
     ("cst_resnet50", "cst_resnet50", {}),
+    ("cst_det_resnet4s_fmnist", "cst_det_resnet4s_fmnist", {}),
+    ("cst_det_resnet4s_fmnist (3/4 pruned)", "cst_det_resnet4s_fmnist", {"prune_ratio": 0.75}),
 ]
 
 
@@ -81,12 +90,25 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
         return Row(label, note=f"skipped: {exc}")
     if args.frames and model.modality != "video":
         model = FrameWise(model)
+    if args.detection:
+        from autoside.detection.config import DetectorConfig
+        from autoside.detection.model import Detector
+
+        try:
+            model = Detector(model, args.num_classes, DetectorConfig(fpn_channels=args.fpn_channels))
+        except ConfigError as exc:
+            return Row(label, note=f"skipped: {exc}")
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
     size = backbone.spec.image_size
     shape = (args.batch_size, args.frames, 3, size, size) if args.frames else (args.batch_size, 3, size, size)
     images = torch.randn(*shape, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    corners = torch.tensor([[0.1, 0.1, 0.4, 0.45], [0.5, 0.2, 0.9, 0.6], [0.2, 0.55, 0.6, 0.95]], device=device)
+    targets = [
+        {"boxes": corners * size, "labels": torch.arange(3, device=device) % args.num_classes}
+        for _ in range(args.batch_size)
+    ]
     amp = args.amp and device.type == "cuda"
     times = []
     with MemoryMeter(device) as meter:
@@ -96,7 +118,10 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
             tic = time.perf_counter()
             meter.step()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = model.training_loss(F.cross_entropy(model(images).float(), labels))  # + CST distillation
+                if args.detection:
+                    loss = model.training_loss(sum(v.float() for v in model(images, targets).values()))
+                else:
+                    loss = model.training_loss(F.cross_entropy(model(images).float(), labels))  # + CST distillation
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -140,6 +165,7 @@ def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple
     headers += ["CUDA allocator peak", "x full"] if cuda else []
     headers += ["s / step", "note"]
     clips = f" clips of {args.frames} frames (full: frame by frame)" if args.frames else ""
+    clips += f", Faster R-CNN + FPN ({args.fpn_channels} channels)" if args.detection else ""
     title = (
         f"{args.backbone} ({args.weights} weights), {args.image_size} px, batch {args.batch_size}{clips}, "
         f"{'bf16 autocast' if args.amp and cuda else 'fp32'}, {device_name}"
@@ -180,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--frames", type=int, default=0, help="clips of this many frames: the video rows (0: images)")
+    parser.add_argument("--detection", action="store_true", help="every row inside a Faster R-CNN with an FPN")
+    parser.add_argument("--fpn-channels", type=int, default=64, help="--detection: width of the feature pyramid")
     parser.add_argument("--steps", type=int, default=2, help="training steps per row (the peak covers all of them)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (fp32 otherwise)")

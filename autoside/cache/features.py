@@ -82,10 +82,15 @@ class SideOnly(nn.Module):
         return self.net.side(feats)
 
 
+DETECTOR_READS_IMAGES = "a detector trains on images (its feature pyramid reads every stage map at full resolution)"
+
+
 def bypass_reason(net: SideNet, recipe: Recipe) -> str | None:
     """Why a trial of ``net`` under ``recipe`` cannot train on stored features (None: it will)."""
     if not recipe.feature_cache:
         return "turned off (--no-cache / feature_cache: false)"
+    if getattr(net, "task", "classification") == "detection":
+        return DETECTOR_READS_IMAGES
     reason = net.uncacheable_reason()
     if reason is not None:
         return reason

@@ -14,10 +14,11 @@ import torch
 
 from autoside.cache.backbone import fill_from_record, read_record, spec_backbone
 from autoside.cache.entries import all_stored
-from autoside.cache.features import bypass_reason
+from autoside.cache.features import DETECTOR_READS_IMAGES, bypass_reason
 from autoside.cache.store import FeatureStore
 from autoside.data import Task
 from autoside.errors import AutosideError
+from autoside.objective import is_detection
 from autoside.recipe import Recipe
 from autoside.sidenets import SideConfig, SideNet, create_sidenet, get_family
 
@@ -31,6 +32,8 @@ def side_net_on_record(
     when every feature it reads and the backbone's weights record are stored; else ``(None, why not)``."""
     if not recipe.feature_cache:
         return None, "the feature cache is off"
+    if is_detection(recipe.dataset.name):
+        return None, DETECTOR_READS_IMAGES
     if get_family(config.family).feature_taps is SideNet.feature_taps:
         return None, f"{config.family!r} reads no stored features"
     backbone = spec_backbone(recipe)

@@ -97,9 +97,16 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="the backbone checkpoint file, when the export was trained on one")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument(
+        "--min-score", type=float, default=0.5, help="detectors: print boxes scoring at least this (default 0.5)"
+    )
+    p.add_argument("--draw", metavar="OUT.png", help="detectors: write the (one) image with its boxes drawn to a PNG")
 
 
-@command("predict", "print the top-k labels an exported side network gives to image (or video) files")(_predict_args)
+@command(
+    "predict",
+    "print the top-k labels an exported side network gives to image (or video) files, or a detector's boxes",
+)(_predict_args)
 def _predict(args: argparse.Namespace) -> int:
     import autoside
     from autoside.errors import ConfigError
@@ -107,7 +114,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: must be at least 1, got {args.top_k}")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ConfigError(f"--min-score: must be in [0, 1], got {args.min_score}")
     model = autoside.load(args.path, checkpoint=args.checkpoint, device=args.device)
+    if model.info.get("task") == "detection":
+        return _print_detections(model, args)
+    if args.draw:
+        raise ConfigError("--draw: only a detector's predictions can be drawn; this export is a classifier")
     if model.sidenet.modality == "video":
         from autoside.data.video import read_clips
 
@@ -124,4 +137,51 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     for file, top in zip(args.files, results):
         print(f"{file}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    return 0
+
+
+def _print_detections(model, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """Boxes in each file's own pixels (the detector sees it resized to its input size), best score first."""
+    from autoside.errors import ConfigError
+    from autoside.export.load import read_images
+
+    if args.draw and len(args.files) != 1:
+        raise ConfigError(f"--draw: writes one picture; give one image file, not {len(args.files)}")
+    size = model.backbone.spec.image_size
+    originals = [read_images([f], None) for f in args.files]
+    detections = model.detect(read_images(args.files, size), min_score=args.min_score)
+    rows = []
+    for file, image, found in zip(args.files, originals, detections, strict=True):
+        h, w = image.shape[-2:]
+        found["boxes"] = found["boxes"] * found["boxes"].new_tensor([w / size, h / size, w / size, h / size])
+        rows.append({"file": file, "width": w, "height": h, "detections": found})
+    if args.draw:
+        from autoside.detection.draw import write_boxes_png
+
+        found = rows[0]["detections"]
+        write_boxes_png(args.draw, originals[0][0], found["boxes"], found["labels"], model.classes, found["scores"])
+    if args.json:
+        out = [
+            {
+                **{k: row[k] for k in ("file", "width", "height")},
+                "detections": [
+                    {"label": model.classes[label], "score": score, "box": [round(v, 2) for v in box]}
+                    for box, score, label in zip(
+                        row["detections"]["boxes"].tolist(),
+                        row["detections"]["scores"].tolist(),
+                        row["detections"]["labels"].tolist(),
+                    )
+                ],
+            }
+            for row in rows
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    for row in rows:
+        found = row["detections"]
+        print(f"{row['file']}: {len(found['labels'])} objects (score >= {args.min_score})")
+        for box, score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist()):
+            print(f"  {model.classes[label]} {score:.3f} [{', '.join(f'{v:.1f}' for v in box)}]")
+    if args.draw:
+        print(f"boxes drawn to {args.draw}")
     return 0

@@ -54,9 +54,17 @@ def _print_result(recipe, result) -> None:  # noqa: ANN001
     from autoside.units import format_bytes
 
     table = Table(title=f"{recipe.name}: {result.family} on {recipe.backbone.name}", show_header=False)
+    if result.task == "detection":
+        scores = [
+            ("val mAP@[.5:.95]", f"{result.val_accuracy:.4f}"),
+            ("val mAP@0.5", f"{result.val_map_50:.4f}"),
+            ("test mAP@[.5:.95]", f"{result.test_accuracy:.4f}"),
+            ("test mAP@0.5", f"{result.test_map_50:.4f}"),
+        ]
+    else:
+        scores = [("val accuracy", f"{result.val_accuracy:.4f}"), ("test accuracy", f"{result.test_accuracy:.4f}")]
     rows = [
-        ("val accuracy", f"{result.val_accuracy:.4f}"),
-        ("test accuracy", f"{result.test_accuracy:.4f}"),
+        *scores,
         ("peak training memory", f"{format_bytes(result.peak_memory_bytes)} ({result.memory_source})"),
         ("saved activations", format_bytes(result.saved_activation_bytes)),
         ("trainable parameters", f"{result.trainable_params:,}"),

@@ -206,8 +206,11 @@ def load(
         backbone = _rebuild_backbone(spec, weights_in_file=weights_in_file, checkpoint=checkpoint)
     _check_architecture(backbone.spec, spec)
     # Building the side network draws random initial weights; the caller's random stream is left untouched.
+    detection = info.get("task", "classification") == "detection"
     with torch.random.fork_rng(devices=[]):
         model = create_sidenet(config, backbone, int(info["num_classes"]))
+        if detection:
+            model = _detector(model, info)
     expected = info.get("backbone_state_sha256")
     if expected and not weights_in_file:
         actual = backbone_state_sha256(model.backbone)
@@ -219,8 +222,20 @@ def load(
     load_state_strict(model, state, source=str(folder / WEIGHTS_NAME))
     preprocess = Preprocess.from_data_config(spec.data_config)
     classes = tuple(info.get("classes") or (str(i) for i in range(int(info["num_classes"]))))
-    exported = ExportedSideNet(model, preprocess, classes, info)
+    exported = (ExportedDetector if detection else ExportedSideNet)(model, preprocess, classes, info)
     return exported.to(resolve_device(str(device)) if str(device) == "auto" else torch.device(device)).eval()
+
+
+def _detector(sidenet: SideNet, info: dict[str, Any]) -> nn.Module:
+    """The detector recorded in ``side_config.json`` around ``sidenet``."""
+    from autoside.config import from_dict
+    from autoside.detection.config import DetectorConfig
+    from autoside.detection.model import Detector
+
+    if not isinstance(info.get("detector"), dict):
+        raise ExportError(f"{CONFIG_NAME}: task is 'detection' but the 'detector' settings are missing")
+    config = from_dict(DetectorConfig, _known_fields(DetectorConfig, info["detector"], "side_config.json detector"))
+    return Detector(sidenet, int(info["num_classes"]), config)
 
 
 class ExportedSideNet(nn.Module):
@@ -326,8 +341,9 @@ def _resize(batch: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def read_images(paths: Sequence[str | Path], image_size: int) -> torch.Tensor:
-    """Image files as one uint8 RGB batch at ``image_size`` (resized with antialiasing, like training data)."""
+def read_images(paths: Sequence[str | Path], image_size: int | None) -> torch.Tensor:
+    """Image files as one uint8 RGB batch at ``image_size`` (resized with antialiasing, like training data; ``None``:
+    one file at its own size)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -338,7 +354,38 @@ def read_images(paths: Sequence[str | Path], image_size: int) -> torch.Tensor:
             raise DataError(f"{path}: image file not found")
         try:
             with Image.open(path) as img:
-                batch.append(pil_to_tensor(img.convert("RGB"))[None])
+                batch.append(pil_to_tensor(img.convert("RGB")))
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{path}: not a readable image ({exc})") from None
-    return torch.cat([_resize(b, (image_size, image_size)) for b in batch])
+    if image_size is None:
+        return torch.stack(batch)
+    return images_at(batch, image_size)
+
+
+def images_at(images: Sequence[Any], image_size: int) -> torch.Tensor:
+    """Single decoded images (any sizes, see :func:`as_batch`) as one uint8 batch at ``image_size``, each resized
+    with antialiasing: how files are read wherever they come from (paths, or encoded bytes given to a pyfunc)."""
+    return torch.cat([_resize(as_batch(_single(i)), (image_size, image_size)) for i in images])
+
+
+class ExportedDetector(ExportedSideNet):
+    """A loaded detector export: ``model(x)`` gives per-image detections for preprocessed input, :meth:`detect`
+    takes raw images."""
+
+    @torch.no_grad()
+    def detect(self, images: Any, *, min_score: float = 0.0) -> list[dict[str, torch.Tensor]]:
+        """Per image: ``boxes`` (xyxy pixels of the backbone-size input), ``scores`` and ``labels`` (indices into
+        :attr:`classes`), highest score first, those under ``min_score`` dropped."""
+        device = next(self.parameters()).device
+        detections = self.sidenet(self.preprocess(as_batch(images).to(device)))
+        out = []
+        for d in detections:
+            keep = d["scores"] >= min_score
+            out.append({k: v[keep].cpu() for k, v in d.items()})
+        return out
+
+    def predict(self, images: Any) -> list[dict[str, torch.Tensor]]:  # type: ignore[override]
+        return self.detect(images)
+
+    def topk(self, images: Any, k: int = 5) -> list[list[tuple[str, float]]]:
+        raise ConfigError("predict: a detector gives boxes, not top-k labels; use detect()")

@@ -57,8 +57,13 @@ class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - mlflow's pyfunc protocol
         import pandas as pd
 
+        from autoside.export.load import images_at
+
         video = self.model.sidenet.modality == "video"
-        probs = self.model.predict(images_from_input(model_input, clips=self.model.clip_sampling if video else None))
+        images = images_from_input(model_input, clips=self.model.clip_sampling if video else None)
+        if isinstance(images, list):  # decoded files: resized as `autoside predict` reads them
+            images = images_at(images, self.model.backbone.spec.image_size)
+        probs = self.model.predict(images)
         top = probs.argmax(-1)
         classes = self.model.classes
         return pd.DataFrame(
@@ -161,9 +166,14 @@ def register(
     import torch
 
     from autoside import __version__
-    from autoside.export.format import read_side_config
+    from autoside.export.format import ExportError, read_side_config
 
     info = read_side_config(export_dir)
+    if info.get("task", "classification") != "classification":
+        raise ExportError(
+            f"{export_dir}: a {info['task']} export cannot be registered as an MLflow pyfunc model yet (its pyfunc "
+            "returns class probabilities); load it with autoside.load or use autoside predict"
+        )
     weights = str(info["backbone"].get("weights", ""))
     needs_weights = not info.get("backbone_in_weights") and not weights.startswith("pretrained:")
     if needs_weights and backbone_checkpoint is None and backbone is None:

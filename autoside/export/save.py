@@ -87,8 +87,10 @@ def side_info(model: SideNet, *, metrics: dict | None = None, extra: dict | None
         {
             "autoside_version": __version__,
             "format_version": FORMAT_VERSION,
+            "task": getattr(model, "task", "classification"),
             "family": model.config.family,
             "config": model.config.to_dict(),
+            **({"detector": model.detector_config.to_dict()} if hasattr(model, "detector_config") else {}),
             "backbone": to_dict(model.backbone.spec),
             # None when the backbone trained with the side network (``full``): its weights are in the weights file.
             "backbone_state_sha256": backbone_state_sha256(model.backbone) if frozen else None,
@@ -180,7 +182,8 @@ def model_card(info: dict[str, Any]) -> str:
     from autoside.units import format_bytes
 
     spec, metrics, extra = info["backbone"], info.get("metrics") or {}, info.get("extra") or {}
-    title = f"{info['family']} side network on {spec['name']}"
+    detection = info.get("task") == "detection"
+    title = f"{info['family']} {'detector (Faster R-CNN + FPN)' if detection else 'side network'} on {spec['name']}"
     if extra.get("search") or extra.get("trial_id"):
         title += f" ({' / '.join(str(extra[k]) for k in ('search', 'trial_id') if extra.get(k))})"
     rows = [
@@ -200,7 +203,12 @@ def model_card(info: dict[str, Any]) -> str:
             ),
         ),
     ]
-    for key, label in (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy")):
+    labels = (
+        (("test_accuracy", "test mAP@[.5:.95]"), ("test_map_50", "test mAP@0.5"), ("val_accuracy", "validation mAP"))
+        if detection
+        else (("test_accuracy", "test accuracy"), ("val_accuracy", "validation accuracy"))
+    )
+    for key, label in labels:
         if isinstance(metrics.get(key), (int, float)):
             rows.append((label, f"{metrics[key]:.4f}"))
     if isinstance(metrics.get("peak_memory_bytes"), (int, float)):
@@ -231,6 +239,12 @@ def model_card(info: dict[str, Any]) -> str:
     contents = f"`{WEIGHTS_NAME}`" + (
         " (for `full` these include the backbone)" if info.get("backbone_in_weights") else ""
     )
+    usage = (
+        "detections = model.detect(images)  # uint8 images (N, C, H, W) -> per image: boxes (xyxy px), scores, labels"
+        if detection
+        else "probs = model.predict(images)  # uint8 images (N, C, H, W) -> class probabilities\n"
+        "logits = model(model.preprocess(images))"
+    )
     return f"""# {title}
 
 A side network trained by autoside beside a frozen timm backbone. This folder holds the side network's weights
@@ -249,8 +263,7 @@ Peak training memory was measured during training on the device named above; it 
 import autoside
 
 {note}model = autoside.load("path/to/this/folder"{args})  # eval mode: frozen backbone + side network
-probs = model.predict(images)  # uint8 images (N, C, H, W) -> class probabilities
-logits = model(model.preprocess(images))
+{usage}
 ```
 
 From a shell: `autoside predict path/to/this/folder image.png ...`

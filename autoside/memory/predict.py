@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from autoside.data import Preprocess, Task
 from autoside.memory.meter import MemoryMeter, resolve_tracking
+from autoside.objective import objective_for
 from autoside.recipe import Recipe
 from autoside.sidenets import SideNet
 from autoside.train import training_step
@@ -58,6 +59,7 @@ def _peak_of_steps(
 ) -> int:
     preprocess = preprocess or Preprocess.from_data_config(model.backbone.spec.data_config).to(device)
     amp = recipe.amp and device.type == "cuda"
+    objective = objective_for(recipe)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
     order = torch.arange(batch) % len(task.train)  # a dataset smaller than the batch: repeat it
     images, labels = next(iter(task.train.batches(batch, order)))
@@ -70,9 +72,9 @@ def _peak_of_steps(
         meter.register_model(model)
         meter.register(*tree_flatten([images, labels])[0])  # the batch as read, alive through the step as in training
         for _ in range(2):
-            x, y = preprocess(images), labels.to(device)
+            x, y = preprocess(images), objective.targets_to(labels, device)
             meter.step()
-            training_step(model, x, y, optimizer, amp=amp, label_smoothing=recipe.label_smoothing)
+            training_step(model, x, y, optimizer, amp=amp, objective=objective)
             del x, y
     return meter.report().peak_memory_bytes
 

@@ -72,6 +72,15 @@ class SideNet(nn.Module):
         """Logits from the frozen features named by :meth:`feature_taps` (the only trainable computation)."""
         raise NotImplementedError(f"{type(self).__name__} does not split its forward into features and side")
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output feature map, shallow to deep (calibrated where the family calibrates), for a dense
+        head such as detection's feature pyramid. Families that have no stage maps (ViT side networks) leave it."""
+        raise NotImplementedError(f"{type(self).__name__} has no stage feature maps")
+
+    @classmethod
+    def has_stage_features(cls) -> bool:
+        return cls.stage_features is not SideNet.stage_features
+
     def side_modules(self) -> dict[str, nn.Module]:
         """The modules :meth:`side` runs: every child but the backbone (plus the frozen blocks it still needs)."""
         return {name: module for name, module in self.named_children() if name != "backbone"}

@@ -46,6 +46,11 @@ class LinearProbe(SideNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.side(self.backbone.taps(x, self.feature_taps()))
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen backbone's own stage maps, without autograd: a dense head on them is the no-side baseline."""
+        with torch.no_grad():
+            return list(self.backbone.intermediates(x))
+
 
 @register_family
 class FullFineTune(SideNet):
@@ -61,3 +66,6 @@ class FullFineTune(SideNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.backbone.intermediates(x))

@@ -197,9 +197,15 @@ class CST(SideNet):
         self._epoch: int | None = None  # set by the trainer (begin_epoch); unset: no warm-up
         self._distil: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
-    def _side_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen feature the first calibrated stage reads (the stem's, or the stage before's output)."""
-        return run_modules(self._stages[: self.first_stage], run_modules(self._stem, x))
+    def _side_input(self, x: torch.Tensor, early: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The frozen feature the first calibrated stage reads (the stem's, or the stage before's output); the outputs
+        of the uncalibrated stages before it are appended to ``early`` when given."""
+        x = run_modules(self._stem, x)
+        for stage in self._stages[: self.first_stage]:
+            x = stage(x)
+            if early is not None:
+                early.append(x)
+        return x
 
     def _calibrated_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The plain frozen outputs of the calibrated stages for their input ``x`` (no calibration)."""
@@ -215,13 +221,20 @@ class CST(SideNet):
             return self.backbone.model.forward_head(run_modules(self._tail, features[-1]), pre_logits=True)
         return torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _task_grad(self) -> bool:
+        """Whether the task path keeps a graph: not during the distil-only warm-up (nothing would train on it)."""
         grad = torch.is_grad_enabled()
-        distil = self.training and grad and self.config.distils
-        # During the distil-only warm-up the task path is not trained: no graph is kept for it.
-        task_grad = grad and not (distil and self._warming_up)
+        return grad and not (self._distils_now() and self._warming_up)
+
+    def _distils_now(self) -> bool:
+        return self.training and torch.is_grad_enabled() and self.config.distils
+
+    def _calibrate(self, x: torch.Tensor, early: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The calibrated outputs of stages ``first_stage..last`` (and, in ``early``, the plain outputs of the stages
+        before); a training forward that distils keeps the side's and the teacher's features for the loss."""
+        distil, task_grad = self._distils_now(), self._task_grad()
         with torch.no_grad():
-            start = self._side_input(x)
+            start = self._side_input(x, early)
         b, s = start, start
         calibrated, side_features, plain = [], [], []
         for k, (stage, side_stage) in enumerate(zip(self._stages[self.first_stage :], self.side_net.stages)):
@@ -234,15 +247,25 @@ class CST(SideNet):
                 calibrated.append(self.gates[str(self.first_stage + k)](out, side_features[-1]))
             plain.append(out)
             b = calibrated[-1] if self.writes_back else out
-        with torch.set_grad_enabled(task_grad):
-            logits = self.head(self.drop(self._pool(calibrated)))
         self._distil = None
         if distil:
             if self.writes_back:  # later stage outputs saw the calibration; the teacher is the plain backbone
                 with torch.no_grad():
                     plain = self._calibrated_stages(start)
             self._distil = (side_features, plain)
-        return logits
+        return calibrated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        calibrated = self._calibrate(x)
+        with torch.set_grad_enabled(self._task_grad()):
+            return self.head(self.drop(self._pool(calibrated)))
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen stages before ``first_stage`` as they are, then the calibrated ones: with ``writes_back`` off
+        these go only to the dense head (no gradient through any frozen stage)."""
+        early: list[torch.Tensor] = []
+        calibrated = self._calibrate(x, early)
+        return early + calibrated
 
     def begin_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -302,3 +325,11 @@ def cst_resnet50() -> dict[str, object]:
         lambda_feat=1.0,
         distill_epochs=1,
     )
+
+
+@register_sidenet("cst")
+def cst_det_resnet4s_fmnist() -> dict[str, object]:
+    """Detection on the shipped ResNet (``trials/pasted_objects_resnet.yaml``): every stage calibrated by MTC, the
+    calibrated maps going only to the detector's feature pyramid (no gradient through a frozen stage), half of the
+    copied channels pruned, side weights from the pruned copy of the frozen ones."""
+    return dict(first_stage=0, gate="mtc", writes_back=False, prune_ratio=0.5, init="copy")
