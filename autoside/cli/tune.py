@@ -51,6 +51,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objectives", help="accuracy,memory (default) or accuracy,memory,params")
     p.add_argument("--address", help="Ray cluster: 'auto' for a running one (default: a local one on 127.0.0.1)")
     p.add_argument(
+        "--working-dir",
+        help="folder shipped to every trial as its working directory, so a recipe's relative paths (image folders, "
+        "checkpoints) mean the same on every node (default: the current folder with --address; 'none': ship nothing)",
+    )
+    p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default sqlite:///<root>/mlflow.db); on a multi-node cluster an mlflow server "
         "(http://HOST:5000) or a file store on a folder every node mounts",
@@ -98,6 +103,7 @@ def _search(args: argparse.Namespace) -> int:
         "resume",
         "seed",
         "cache_dir",
+        "working_dir",
     )
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.objectives:

@@ -49,6 +49,7 @@ class SearchOptions:
     progress: bool = True
     cache_dir: str | None = None
     no_cache: bool = False
+    working_dir: str | None = None  # shipped to every trial; default: the current folder on a running cluster
 
     def __post_init__(self) -> None:
         from autoside.tune.pareto import OBJECTIVES
@@ -147,7 +148,7 @@ def _resume(opts: SearchOptions, given: dict[str, Any]) -> SearchResult:
     # A resume may raise the number of trials; everything else is the search's own.
     if "num_samples" in given:
         saved["num_samples"] = opts.num_samples
-    for key in ("progress", "address", "max_concurrent"):
+    for key in ("progress", "address", "max_concurrent", "working_dir"):
         if key in given:
             saved[key] = given[key]
     saved.update(resume=opts.resume, objectives=tuple(saved["objectives"]))
@@ -204,7 +205,10 @@ def _drive(
     from autoside.tune import driver
 
     started = time.time()
-    owns_ray = driver.connect_ray(opts.address)
+    from autoside.tune.workdir import default_working_dir, runtime_env
+
+    folder = opts.working_dir if opts.working_dir is not None else default_working_dir(opts.address)
+    owns_ray = driver.connect_ray(opts.address, runtime_env(folder, search_dir=path))
     try:
         try:
             driver.check_tracking_reachable(meta["tracking_uri"])

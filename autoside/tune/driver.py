@@ -26,10 +26,12 @@ from autoside.units import format_bytes
 TRIAL_RETRIES = 1
 
 
-def connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None, runtime_env: dict[str, Any] | None = None) -> bool:
     """Connect to Ray; by default start a small local cluster bound to 127.0.0.1. True when this call started it.
 
-    A loopback ``address`` (a cluster of nodes on this machine) keeps the driver on 127.0.0.1 too."""
+    A loopback ``address`` (a cluster of nodes on this machine) keeps the driver on 127.0.0.1 too. ``runtime_env``
+    is what every trial process gets, e.g. the working directory
+    (:mod:`autoside.tune.workdir`)."""
     import ray
 
     if ray.is_initialized():
@@ -47,13 +49,22 @@ def connect_ray(address: str | None) -> bool:
             include_dashboard=False,
             num_cpus=os.cpu_count() or 1,
             object_store_memory=128 * 1024**2,
+            runtime_env=runtime_env,
             **quiet,
         )
         from autoside.tune.reaper import watch_local_cluster
 
         watch_local_cluster()
     else:
-        ray.init(address=address, **quiet)
+        from autoside.tune.workdir import explain_upload_error
+
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
+        except ValueError as exc:
+            clear = explain_upload_error(exc, (runtime_env or {}).get("working_dir", ""))
+            if clear is None:
+                raise
+            raise clear from None
     return True
 
 

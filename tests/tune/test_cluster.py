@@ -105,16 +105,38 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _search_cmd(
-    tmp_path: Path, cluster: LoopbackCluster, name: str, tracking_uri: str | None, samples: int = 4
+    tmp_path: Path,
+    cluster: LoopbackCluster,
+    name: str,
+    tracking_uri: str | None,
+    samples: int = 4,
+    recipe: dict | None = None,
 ) -> list[str]:
     import yaml
 
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe or RECIPE))
     cmd = [sys.executable, "-m", "autoside.cli", "search", str(tmp_path / "space.yaml"), str(tmp_path / "recipe.yaml")]
     cmd += ["--num-samples", str(samples), "--max-concurrent", "2", "--name", name, "--address", cluster.address]
     cmd += ["--root", str(tmp_path / "driver"), "--quiet"]
     return cmd + (["--tracking-uri", tracking_uri] if tracking_uri else [])
+
+
+def _image_folder(root: Path, per_class: int = 24) -> None:
+    """Three classes of the built-in digits as PNG files in ``root/<class>/``."""
+    from PIL import Image
+
+    from autoside.data import DatasetConfig, load_task
+
+    task = load_task(DatasetConfig(name="digits", train_size=per_class * 10, val_size=1, test_size=1))
+    counts: dict[int, int] = {}
+    for image, label in zip(task.train.images, task.train.labels.tolist(), strict=True):
+        if label < 3 and counts.get(label, 0) < per_class:
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(
+                root / str(label) / f"{counts.get(label, 0)}.png"
+            )
+            counts[label] = counts.get(label, 0) + 1
 
 
 def _trial_runs(tracking_uri: str, name: str) -> list:
@@ -138,7 +160,11 @@ def test_search_runs_across_two_worker_nodes(tmp_path: Path, cluster: LoopbackCl
 
     workdir = tmp_path / "driver"
     workdir.mkdir()
-    cmd = _search_cmd(tmp_path, cluster, "mn", mlflow_server)
+    # An image folder named relative to the driver's folder, which is on no worker node's disk: Ray ships the
+    # driver's folder (runtime_env working_dir) and trials read it from their copy.
+    _image_folder(workdir / "data" / "digits")
+    recipe = {**RECIPE, "dataset": {"name": "imagefolder", "root": "data/digits", "train_size": 48, "val_size": 12}}
+    cmd = _search_cmd(tmp_path, cluster, "mn", mlflow_server, recipe=recipe)
     run = subprocess.run(cmd, cwd=workdir, env=cluster.env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
