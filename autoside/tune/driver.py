@@ -333,6 +333,10 @@ def run_tuner(state: DriverState) -> bool:
     resources, extra = _resources(state)
     searcher.resources = extra
     searcher.limit = state.remaining
+    # Trials run where their process starts (the shipped working directory on a cluster, see autoside.tune.workdir),
+    # not in a Tune trial folder, so a recipe's relative paths mean what they mean to the driver. Tune passes this
+    # variable on to every trial process.
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     trainable = tune.with_resources(tune.with_parameters(run_search_trial, context=state.context.to_dict()), resources)
     progress.start()
     _warm_cache(state, progress)
