@@ -320,7 +320,7 @@ def run_tuner(state: DriverState) -> bool:
     """Run the remaining trials; returns True when interrupted (Ctrl-C)."""
     from ray import tune
 
-    from autoside.tune.schedulers import make_scheduler
+    from autoside.tune.schedulers import make_scheduler, replay_records
     from autoside.tune.trial import run_search_trial
 
     opts = state.opts
@@ -328,6 +328,7 @@ def run_tuner(state: DriverState) -> bool:
     if state.remaining == 0 and not state.pending:
         return False
     scheduler = make_scheduler(opts.scheduler, epochs=state.recipe.epochs, objectives=tuple(opts.objectives))
+    replay_records(scheduler, read_records(state.path))  # a resumed search's rungs as its earlier drivers left them
     searcher = _searcher(state, pending=state.pending, scheduler=scheduler, progress=progress)
     state.searcher = searcher
     resources, extra = _resources(state)

@@ -53,6 +53,11 @@ class RecordingASHA(ASHAScheduler):
             return
         super().on_trial_complete(tune_controller, trial, result)
 
+    def replay(self, key: str, epoch: int, metrics: dict[str, Any]) -> None:
+        """Record a result a previous driver saw (see :func:`replay_records`) in the rungs it would have entered."""
+        if "val_accuracy" in metrics:
+            self._brackets[0].on_result(_Past(key), epoch, self._metric_op * float(metrics["val_accuracy"]))
+
 
 def ranks(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[int]:
     """Non-dominated sorting: 0 for the front, 1 for the front of the rest, and so on."""
@@ -148,9 +153,39 @@ class MOASHA(FIFOScheduler):
         self.stopped.add(trial.trial_id)
         return TrialScheduler.STOP
 
+    def replay(self, key: str, epoch: int, metrics: dict[str, Any]) -> None:
+        """Record a result a previous driver saw (see :func:`replay_records`) in the rungs it would have entered."""
+        if all(k in metrics for k in self.keys):
+            self.rungs.on_result(key, epoch, [float(metrics[k]) for k in self.keys])
+
     def debug_string(self) -> str:
         sizes = ", ".join(f"{m}: {len(r)}" for m, r in self.rungs.rungs.items())
         return f"MOASHA: {len(self.stopped)} stopped; trials per rung {{{sizes}}}"
+
+
+class _Past:
+    """A finished trial of an earlier driver, as Ray's rung bookkeeping names it."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def replay_records(scheduler: RecordingASHA | MOASHA | None, records: Sequence[Any]) -> int:
+    """Give a resumed search's scheduler the rungs its earlier drivers had filled: every epoch result of the trials
+    that finished (a pruned trial's record holds its last one), so the bars trials must pass are those they would
+    have faced without the restart. Returns the number of results replayed."""
+    if scheduler is None:
+        return 0
+    replayed = 0
+    for record in records:
+        if record.status not in ("ok", "pruned"):  # infeasible and failed trials never enter a rung
+            continue
+        history = record.metrics.get("history") or [record.metrics]
+        for metrics in history:
+            if "epoch" in metrics:
+                scheduler.replay(f"past-{record.number}", int(metrics["epoch"]), metrics)
+                replayed += 1
+    return replayed
 
 
 def make_scheduler(name: str, *, epochs: int, objectives: Sequence[str]) -> TrialScheduler | None:

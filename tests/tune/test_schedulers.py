@@ -143,3 +143,42 @@ def test_moasha_in_ray_tune(tmp_path: Path) -> None:
 
 def _name(results, trial_id: str) -> str:  # noqa: ANN001
     return next(r.config["name"] for r in results if r.path and trial_id in r.path)
+
+
+def _past(number: int, status: str, name: str, epochs: int) -> SimpleNamespace:
+    """A finished trial's record as a resumed driver reads it: an ok trial's history, a pruned one's last epoch."""
+    history = [
+        {"epoch": e, "val_accuracy": _accuracy(name, e), "peak_memory_bytes": CURVES[name][0]}
+        for e in range(1, epochs + 1)
+    ]
+    metrics = {"history": history, **history[-1]} if status == "ok" else dict(history[-1])
+    return SimpleNamespace(number=number, status=status, metrics=metrics)
+
+
+@pytest.mark.parametrize("kind", ["moasha", "asha"])
+def test_a_resumed_search_faces_the_rungs_its_first_driver_filled(kind: str) -> None:
+    from autoside.tune.schedulers import make_scheduler, replay_records
+
+    before = [
+        _past(0, "ok", "big", EPOCHS),
+        _past(1, "ok", "mid", EPOCHS),
+        _past(2, "pruned", "cheap", 1),
+        _past(3, "infeasible", "mid2", 1),  # never in a rung
+        _past(4, "ok", "mid2", EPOCHS),
+    ]
+    fresh = make_scheduler(kind, epochs=EPOCHS, objectives=("accuracy", "memory"))
+    resumed = make_scheduler(kind, epochs=EPOCHS, objectives=("accuracy", "memory"))
+    assert replay_records(resumed, before) == 3 * EPOCHS + 1
+    assert replay_records(None, before) == 0
+    if kind == "moasha":
+        assert {m: sorted(r) for m, r in resumed.rungs.rungs.items()} == {
+            1: ["past-0", "past-1", "past-2", "past-4"],
+            2: ["past-0", "past-1", "past-4"],
+        }
+    # A dominated trial after the restart: let through by empty rungs, stopped by the replayed ones.
+    for scheduler in (fresh, resumed):
+        trial = SimpleNamespace(trial_id="late")
+        scheduler.on_trial_add(None, trial)
+    result = {"training_iteration": 1, "val_accuracy": 0.30, "peak_memory_bytes": 95}
+    assert fresh.on_trial_result(None, SimpleNamespace(trial_id="late"), result) == TrialScheduler.CONTINUE
+    assert resumed.on_trial_result(None, SimpleNamespace(trial_id="late"), result) == TrialScheduler.STOP
