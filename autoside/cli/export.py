@@ -147,13 +147,11 @@ def _print_detections(model, args: argparse.Namespace) -> int:  # noqa: ANN001
 
     if args.draw and len(args.files) != 1:
         raise ConfigError(f"--draw: writes one picture; give one image file, not {len(args.files)}")
-    size = model.backbone.spec.image_size
     originals = [read_images([f], None) for f in args.files]
-    detections = model.detect(read_images(args.files, size), min_score=args.min_score)
+    detections = model.detect_images([image[0] for image in originals], min_score=args.min_score)
     rows = []
     for file, image, found in zip(args.files, originals, detections, strict=True):
         h, w = image.shape[-2:]
-        found["boxes"] = found["boxes"] * found["boxes"].new_tensor([w / size, h / size, w / size, h / size])
         rows.append({"file": file, "width": w, "height": h, "detections": found})
     if args.draw:
         from autoside.detection.draw import write_boxes_png

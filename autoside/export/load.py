@@ -384,6 +384,16 @@ class ExportedDetector(ExportedSideNet):
             out.append({k: v[keep].cpu() for k, v in d.items()})
         return out
 
+    def detect_images(self, images: Sequence[Any], *, min_score: float = 0.0) -> list[dict[str, torch.Tensor]]:
+        """:meth:`detect` on single images of any sizes (each resized to the detector's input as files are read, see
+        :func:`images_at`), with the boxes in each image's own pixels."""
+        size = self.backbone.spec.image_size
+        found = self.detect(images_at(images, size), min_score=min_score)
+        for image, detections in zip(images, found, strict=True):
+            h, w = as_batch(_single(image)).shape[-2:]
+            detections["boxes"] = detections["boxes"] * detections["boxes"].new_tensor([w / size, h / size] * 2)
+        return found
+
     def predict(self, images: Any) -> list[dict[str, torch.Tensor]]:  # type: ignore[override]
         return self.detect(images)
 

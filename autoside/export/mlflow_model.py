@@ -9,7 +9,9 @@ safetensors checkpoint; ``load_context`` calls :func:`autoside.load`, which chec
 uint8 or floats in [0, 1]; clips ``(N, T, C, H, W)`` for a video side network), or a DataFrame whose first column
 holds one image per row (nested lists, encoded PNG/JPEG bytes, base64 strings of those, or file paths; for a video
 side network one clip per row: a video file or frame folder, cut as ``autoside predict`` cuts it, or nested lists).
-It returns a DataFrame with the top label, its probability, its index and every class probability.
+It returns a DataFrame with the top label, its probability, its index and every class probability; for a detector,
+one row per image with its ``boxes`` (xyxy, in that image's own pixels), ``scores``, ``labels`` and
+``class_indices``, best score first, as ``autoside predict`` prints them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,20 @@ class SideNetworkPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - mlflow's pyfunc protocol
         import pandas as pd
 
-        from autoside.export.load import images_at
+        from autoside.export.load import as_batch, images_at
+
+        if self.model.info.get("task") == "detection":
+            images = images_from_input(model_input)
+            found = self.model.detect_images(images if isinstance(images, list) else list(as_batch(images)))
+            classes = self.model.classes
+            return pd.DataFrame(
+                {
+                    "boxes": [d["boxes"].tolist() for d in found],
+                    "scores": [d["scores"].tolist() for d in found],
+                    "labels": [[classes[i] for i in d["labels"].tolist()] for d in found],
+                    "class_indices": [d["labels"].tolist() for d in found],
+                }
+            )
 
         video = self.model.sidenet.modality == "video"
         images = images_from_input(model_input, clips=self.model.clip_sampling if video else None)
@@ -166,14 +181,9 @@ def register(
     import torch
 
     from autoside import __version__
-    from autoside.export.format import ExportError, read_side_config
+    from autoside.export.format import read_side_config
 
     info = read_side_config(export_dir)
-    if info.get("task", "classification") != "classification":
-        raise ExportError(
-            f"{export_dir}: a {info['task']} export cannot be registered as an MLflow pyfunc model yet (its pyfunc "
-            "returns class probabilities); load it with autoside.load or use autoside predict"
-        )
     weights = str(info["backbone"].get("weights", ""))
     needs_weights = not info.get("backbone_in_weights") and not weights.startswith("pretrained:")
     if needs_weights and backbone_checkpoint is None and backbone is None:

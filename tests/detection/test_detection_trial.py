@@ -164,10 +164,34 @@ def test_train_command_prints_box_map(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "test mAP@[.5:.95]" in out and "test mAP@0.5" in out and "test accuracy" not in out
 
 
-def test_detector_is_not_registered_as_a_classifier_pyfunc(export_dir: Path, tmp_path: Path) -> None:
-    from autoside.export.format import ExportError
+def test_registered_detector_gives_the_boxes_predict_gives(export_dir: Path, tmp_path: Path) -> None:
+    """A detector registers as an MLflow pyfunc whose rows are each image's boxes in its own pixels, the same boxes
+    ``autoside predict`` finds (from an array batch and from encoded files)."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    import autoside
+    from autoside.export.load import read_images
     from autoside.export.mlflow_model import register
 
-    with pytest.raises(ExportError, match=r"a detection export cannot be registered as an MLflow pyfunc model"):
-        register(export_dir, "det", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
-    assert not (tmp_path / "m.db").exists()
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    version = register(export_dir, "det", tracking_uri=uri)
+    files = [_png(tmp_path / "a.png", (96, 80)), _png(tmp_path / "b.png", (64, 64))]
+    expected = autoside.load(export_dir).detect_images([read_images([f], None)[0] for f in files])
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/det/{version.version}")
+        frame = pd.DataFrame({"image": [base64.b64encode(Path(f).read_bytes()).decode() for f in files]})
+        from_files = pyfunc.predict(frame)
+        from_array = pyfunc.predict(read_images([files[1]], None).permute(0, 2, 3, 1).numpy())
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(from_files.columns) == ["boxes", "scores", "labels", "class_indices"] and len(from_files) == 2
+    for row, want in zip(from_files.itertuples(), expected, strict=True):
+        assert torch.allclose(torch.tensor(row.boxes).reshape(-1, 4), want["boxes"], atol=1e-4)
+        assert row.scores == pytest.approx(want["scores"].tolist(), abs=1e-5)
+        assert row.class_indices == want["labels"].tolist()
+    assert expected[0]["boxes"].numel() and (expected[0]["boxes"][:, 2] <= 96).all()  # the 96 x 80 file's pixels
+    assert torch.allclose(torch.tensor(from_array.boxes[0]).reshape(-1, 4), expected[1]["boxes"], atol=1e-4)
