@@ -112,6 +112,7 @@ class DriverState:
     pending: list[Any] = field(default_factory=list)
     remaining: int = 0
     searcher: Any = None
+    recovered: dict[str, int] = field(default_factory=dict)  # Tune trial id -> reruns after its worker died
 
 
 def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any, *, new: bool) -> DriverState:
@@ -274,8 +275,11 @@ def _told(state: DriverState) -> int:
 def _record(state: DriverState, number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
     """Write a finished trial's ``result.json``: the record it sent with its last result, or, for a trial its worker
     could not finish (pruned, crashed), one made here, its MLflow run closed (created if none is known)."""
+    restarts = state.recovered.get(str(last.get("trial_id")), 0)
     if RECORD_KEY in last:
-        record = store_record(state.path, json.loads(last[RECORD_KEY]))
+        record = json.loads(last[RECORD_KEY])
+        record["restarts"] = max(int(record.get("restarts") or 0), restarts)
+        record = store_record(state.path, record)
         if record.get(PENDING_KEY):
             state.outbox.trial_ops(record["trial_id"])
         return
@@ -310,6 +314,7 @@ def _record(state: DriverState, number: int, status: str, last: dict[str, Any], 
         mlflow_run_key=run.key,
         reason=reason,
         finished_at=time.time(),
+        restarts=restarts,
         **{PENDING_KEY: journal.pending},
     )
     if store_record(state.path, record).get(PENDING_KEY):
@@ -484,6 +489,12 @@ class Progress:
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
                 progress.running.discard(trial.trial_id)
+
+            def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN201
+                # The worker (or its node) died and Tune runs the trial again: counted here, where it is known even
+                # when the trial could not reach the tracking server to replace its earlier run.
+                recovered = progress.state.recovered
+                recovered[trial.trial_id] = recovered.get(trial.trial_id, 0) + 1
 
         return _Callback()
 
