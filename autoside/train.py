@@ -161,6 +161,7 @@ def train_model(
         meter.register_model(model)
         for epoch in range(recipe.epochs):
             model.begin_epoch(epoch)
+            phase = model.training_phase()  # the meter watches the first steps of each new phase
             order = torch.randperm(len(task.train), generator=order_gen)
             epoch_loss, tic = 0.0, time.perf_counter()
             for images, labels in task.train.batches(recipe.batch_size, order):
@@ -168,7 +169,9 @@ def train_model(
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 inputs = (order, images, labels)  # alive across steps: what a sampled meter registers
-                with meter.train_step((len(labels),), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs):
+                with meter.train_step(
+                    (len(labels),), epoch=epoch, model=model, optimizer=optimizer, inputs=inputs, phase=phase
+                ):
                     x = preprocess(images)
                     loss = training_step(
                         model, augment(x), objective.targets_to(labels, device), optimizer, amp=amp, objective=objective

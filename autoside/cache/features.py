@@ -15,6 +15,7 @@ pass per split under the store's lock (:mod:`autoside.cache.entries`), and retur
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,9 @@ class SideOnly(nn.Module):
 
     def begin_epoch(self, epoch: int) -> None:
         self.net.begin_epoch(epoch)
+
+    def training_phase(self) -> Hashable:
+        return self.net.training_phase()
 
     def training_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
         return self.net.training_loss(task_loss)

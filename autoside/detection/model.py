@@ -16,6 +16,7 @@ Labels are ``0..K-1`` outside (the data contract) and shifted by one inside, whe
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 import torch
@@ -146,6 +147,9 @@ class Detector(nn.Module):
 
     def begin_epoch(self, epoch: int) -> None:
         self.sidenet.begin_epoch(epoch)
+
+    def training_phase(self) -> Hashable:
+        return self.sidenet.training_phase()
 
     def training_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
         return self.sidenet.training_loss(task_loss)

@@ -20,12 +20,12 @@ On CPU the tracker enforces the budget: the operator that takes live bytes over 
 
 **Sampled tracking.** A Python hook on every operator costs more than the training it watches (x1.5-1.9 on CPU), so
 the training loop tracks only the steps that can set a new peak (:class:`TrackingPolicy`): the first
-``warmup_steps`` (2) steps of every epoch (the optimizer state appears at the trial's first step, the gradients of a
-previous step coexist with the activations from the second on; a trainer that changes what trains at an epoch
-boundary, such as a distillation warm-up ending, gets its new state measured the same way) and every step whose input
-shape was not seen before (the last partial batch); the other steps run untracked. Steps of one shape after the
-warm-up allocate the same storages in the same order, so the sampled peak equals the fully tracked peak exactly
-(``tests/memory/test_sampled.py``).
+``warmup_steps`` (2) steps of the first epoch and of every epoch that starts a new training phase (the optimizer
+state appears at the trial's first step, the gradients of a previous step coexist with the activations from the
+second on; a family whose step changes at an epoch boundary, such as CST's distillation warm-up ending, names its
+phase through ``training_phase()``) and every step whose input shape was not seen before (the last partial batch);
+the other steps run untracked. Steps of one shape and phase after the warm-up allocate the same storages in the same
+order, whatever the epoch, so the sampled peak equals the fully tracked peak exactly (``tests/memory/test_sampled.py``).
 Storages created by a tracked step and still alive stay counted (their entries free themselves through weak
 references); what an untracked step leaves behind (this step's gradients) is registered when tracking resumes. On
 CUDA the allocator peak alone is the default: the tracker runs only on request (``memory_tracking: sampled|all``).
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -161,20 +161,25 @@ class TrackingPolicy:
     steps: int = 0
     tracked: int = 0
     _shapes: set[tuple[int, ...]] = field(default_factory=set)
+    _phases: set[Hashable] = field(default_factory=set)
     _epoch: int = -1
     _in_epoch: int = 0
+    _new_phase: bool = False
 
-    def wants(self, shape: tuple[int, ...], epoch: int) -> bool:
-        """Decide for the next step (call once per step, in order)."""
+    def wants(self, shape: tuple[int, ...], epoch: int, phase: Hashable = None) -> bool:
+        """Decide for the next step (call once per step, in order); ``phase`` names what the model's step does in
+        this epoch (the same phase again in a later epoch allocates as before)."""
         new_shape = shape not in self._shapes
         self._shapes.add(shape)
         if epoch != self._epoch:
             self._epoch, self._in_epoch = epoch, 0
+            self._new_phase = phase not in self._phases
+            self._phases.add(phase)
         index, self._in_epoch = self._in_epoch, self._in_epoch + 1
         self.steps += 1
         if self.mode == "off":
             return False
-        track = self.mode == "all" or index < self.warmup_steps or new_shape
+        track = self.mode == "all" or (self._new_phase and index < self.warmup_steps) or new_shape
         self.tracked += track
         return track
 
@@ -257,11 +262,12 @@ class MemoryMeter:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         inputs: Iterable[torch.Tensor] = (),
+        phase: Hashable = None,
     ) -> Iterator[bool]:
         """One training step: tracked if the policy picks it (yields whether it did). The step's batch must be
         created inside the block; ``inputs`` are tensors made before it that a fully tracked loop would count (the
         epoch's sample order, the batch; nested lists and dicts are walked)."""
-        track = self.policy.wants(tuple(shape), epoch)
+        track = self.policy.wants(tuple(shape), epoch, phase)
         if self._whole_block or not track:  # already watching the whole block, or an untracked step
             if track:
                 self.step()

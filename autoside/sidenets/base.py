@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -138,6 +139,11 @@ class SideNet(nn.Module):
 
     def begin_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-indexed), for families whose loss follows a schedule."""
+
+    def training_phase(self) -> Hashable:
+        """What this epoch's training step does, for a family whose step changes with the epoch (``begin_epoch``);
+        the memory meter measures the first steps of every phase it has not seen (one phase by default)."""
+        return None
 
     def training_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
         """The loss to minimise after a training forward; families add their own terms (CST: distillation)."""

@@ -37,6 +37,7 @@ export rebuilds exactly that architecture from ``side_config.json`` and loads it
 from __future__ import annotations
 
 import copy
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -269,6 +270,9 @@ class CST(SideNet):
 
     def begin_epoch(self, epoch: int) -> None:
         self._epoch = epoch
+
+    def training_phase(self) -> Hashable:
+        return "distill" if self._warming_up else "train"
 
     @property
     def _warming_up(self) -> bool:

@@ -23,21 +23,27 @@ def _build(family: str):
     raise AssertionError(f"{family} builds on no tiny backbone")
 
 
-@pytest.mark.parametrize("family", list_families())
-def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
+def _sampled_vs_full(build) -> None:  # noqa: ANN001 - a model factory
     # 14 images in batches of 4: three full steps and a partial one per epoch, three epochs, so tracking resumes after
     # untracked steps and the partial batch is a new shape.
     recipe = Recipe(epochs=3, batch_size=4, eval_batch_size=10, warmup_epochs=0.5, amp=False)
     reports = {}
     for tracking in ("all", "sampled"):
-        model = _build(family)
+        model = build()
         task = random_task(model.backbone.spec.image_size, n=14)
         meter = MemoryMeter("cpu", tracking=tracking)
         result = train_model(model, task, recipe, device=torch.device("cpu"), meter=meter)
         reports[tracking] = (meter.report(), result)
     full, sampled = reports["all"][0], reports["sampled"][0]
     assert full.tracked_steps == full.steps == 12
-    assert sampled.tracked_steps == 7 and sampled.steps == 12, "first 2 steps of each epoch + the first partial batch"
+    # The first 2 steps of the first epoch + the first partial batch, and 2 more at each later epoch that starts a new
+    # training phase (CST's distillation warm-up ending, when it has one).
+    phases = []
+    for epoch in range(recipe.epochs):
+        model.begin_epoch(epoch)
+        phases.append(model.training_phase())
+    expected = 3 + 2 * (len(set(phases)) - 1)
+    assert sampled.tracked_steps == expected and sampled.steps == 12
     assert sampled.peak_memory_bytes == full.peak_memory_bytes
     assert sampled.saved_activation_bytes == full.saved_activation_bytes
     # Tracking never changes training itself.
@@ -46,13 +52,38 @@ def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
     ]
 
 
-def test_policy_tracks_the_first_steps_of_each_epoch_and_new_shapes() -> None:
+@pytest.mark.parametrize("family", list_families())
+def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
+    _sampled_vs_full(lambda: _build(family))
+
+
+def test_a_new_phase_is_measured_again() -> None:
+    """CST's distil-only first epoch costs less than the epochs after it: the peak is the later phase's."""
+
+    def build():  # noqa: ANN202
+        torch.manual_seed(0)
+        return create_sidenet("cst", tiny_backbone("cnn"), num_classes=3, distill_epochs=1, lambda_feat=1.0)
+
+    _sampled_vs_full(build)
+
+
+def test_policy_tracks_the_first_steps_of_each_new_phase_and_new_shapes() -> None:
     policy = TrackingPolicy("sampled", warmup_steps=2)
     shapes = [(4,), (4,), (4,), (4,), (2,)]
-    picked = [[policy.wants(shape, epoch) for shape in shapes] for epoch in range(3)]
-    later = [True, True, False, False, False]
-    assert picked == [[True, True, False, False, True], later, later]
-    assert (policy.tracked, policy.steps) == (7, 15)
+    phases = ["distill", "train", "train", "distill"]
+    picked = [[policy.wants(shape, epoch, phases[epoch]) for shape in shapes] for epoch in range(4)]
+    untracked = [False] * 5
+    assert picked == [[True, True, False, False, True], [True, True, False, False, False], untracked, untracked]
+    assert (policy.tracked, policy.steps) == (5, 20)
+
+
+def test_cst_distillation_warm_up_is_its_own_phase() -> None:
+    model = create_sidenet("cst", tiny_backbone("cnn"), num_classes=3, distill_epochs=2, lambda_feat=1.0)
+    seen = []
+    for epoch in range(4):
+        model.begin_epoch(epoch)
+        seen.append(model.training_phase())
+    assert seen == ["distill", "distill", "train", "train"]
 
 
 def test_tracking_modes_resolve_per_device() -> None:
