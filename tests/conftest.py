@@ -1,4 +1,4 @@
-"""Shared fixtures: one torch thread (CI has two cores), no hub access, tiny recipes."""
+"""Shared fixtures: one torch thread (CI has two cores), no hub access, tiny recipes, a local Ray cluster."""
 
 from __future__ import annotations
 
@@ -38,3 +38,20 @@ def tiny_recipe_dict() -> dict:
         "warmup_epochs": 0.5,
         "threads": 1,
     }
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():  # noqa: ANN201
+    """A small local Ray cluster bound to 127.0.0.1, shared by the in-process searches of a test module."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=128 * 2**20,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()

@@ -13,10 +13,8 @@ from autoside.testing import tiny_detection_recipe
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_detection_search_end_to_end(tmp_path: Path) -> None:
+def test_detection_search_end_to_end(tmp_path: Path, ray_cluster: None) -> None:
     import json
-
-    import ray
 
     import autoside
     from autoside.export.pick import export_trial
@@ -33,13 +31,9 @@ def test_detection_search_end_to_end(tmp_path: Path) -> None:
         },
     }
     recipe = tiny_detection_recipe(epochs=1, sidenet={"name": "linear"})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        result = autoside.search(
-            space, recipe, num_samples=2, max_concurrent=2, seed=0, root=str(tmp_path / "runs"), name="det"
-        )
-    finally:
-        ray.shutdown()
+    result = autoside.search(
+        space, recipe, num_samples=2, max_concurrent=2, seed=0, root=str(tmp_path / "runs"), name="det"
+    )
     assert {r.status for r in result.trials} == {"ok"}, [(r.status, r.metrics.get("reason")) for r in result.trials]
     for trial in result.trials:
         assert trial.metrics["task"] == "detection" and trial.metrics["metric"] == "map"

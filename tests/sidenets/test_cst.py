@@ -202,10 +202,8 @@ def test_export_loads_in_a_fresh_process(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_cst_search_end_to_end(tmp_path: Path) -> None:
+def test_cst_search_end_to_end(tmp_path: Path, ray_cluster: None) -> None:
     """Four CST trials through Ray, Optuna and MLflow on CPU; the knee trial exports and loads back."""
-    import ray
-
     import autoside
     from autoside.export.pick import export_trial
 
@@ -233,13 +231,9 @@ def test_cst_search_end_to_end(tmp_path: Path) -> None:
         "device": "cpu",
         "threads": 1,
     }
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        result = autoside.search(
-            space, recipe, num_samples=4, max_concurrent=2, seed=0, root=str(tmp_path / "runs"), name="cst"
-        )
-    finally:
-        ray.shutdown()
+    result = autoside.search(
+        space, recipe, num_samples=4, max_concurrent=2, seed=0, root=str(tmp_path / "runs"), name="cst"
+    )
     assert len(result.trials) == 4 and {r.status for r in result.trials} == {"ok"}, [r.status for r in result.trials]
     assert all(r.config["family"] == "cst" for r in result.trials)
     out, record = export_trial("cst", tmp_path / "export", knee=True, root=str(tmp_path / "runs"))
