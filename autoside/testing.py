@@ -240,8 +240,11 @@ def backbone_blocks(backbone: Backbone) -> list[nn.Module]:
     raise ValueError(f"{backbone.spec.name}: no transformer blocks (layout {backbone.spec.layout!r})")
 
 
-def blocks_recording_graph(model: SideNet, x: torch.Tensor, blocks: Iterable[nn.Module] | None = None) -> list[bool]:
-    """For each backbone block, whether its output was recorded by autograd (has a ``grad_fn``) in one forward."""
+def blocks_recording_graph(
+    model: SideNet, x: torch.Tensor, blocks: Iterable[nn.Module] | None = None, *args: Any
+) -> list[bool]:
+    """For each backbone block, whether its output was recorded by autograd (has a ``grad_fn``) in one forward
+    ``model(x, *args)`` (a detector's targets, say)."""
     blocks = list(blocks if blocks is not None else backbone_blocks(model.backbone))
     recorded: dict[int, bool] = {}
     hooks = [
@@ -250,7 +253,7 @@ def blocks_recording_graph(model: SideNet, x: torch.Tensor, blocks: Iterable[nn.
     ]
     try:
         model.train()
-        model(x)
+        model(x, *args)
     finally:
         for hook in hooks:
             hook.remove()

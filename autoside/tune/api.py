@@ -203,10 +203,9 @@ def _drive(
     """Connect, prepare the stores, run the Tuner, finalise. A failure before any trial starts removes what a new
     search wrote."""
     from autoside.tune import driver
-
-    started = time.time()
     from autoside.tune.workdir import default_working_dir, runtime_env
 
+    started = time.time()
     folder = opts.working_dir if opts.working_dir is not None else default_working_dir(opts.address)
     owns_ray = driver.connect_ray(opts.address, runtime_env(folder, search_dir=path))
     try:
