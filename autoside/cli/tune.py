@@ -41,7 +41,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cluster-config", help="autoscaler config to read node types from (default ~/ray_bootstrap_config.yaml)"
     )
-    p.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"], help="Optuna sampler (default tpe)")
+    p.add_argument(
+        "--sampler",
+        choices=["auto", "tpe", "nsga2", "gp", "random"],
+        help="Optuna sampler (default auto: gp for up to 200 trials, tpe above)",
+    )
     p.add_argument(
         "--scheduler",
         choices=["none", "asha", "moasha"],

@@ -37,7 +37,7 @@ class SearchOptions:
     gpus_per_node: float | None = None
     gpu_memory: str | int | None = None
     cluster_config: str | None = None
-    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = "auto"
     scheduler: Literal["none", "asha", "moasha"] = "none"
     address: str | None = None
     tracking_uri: str | None = None
@@ -123,6 +123,9 @@ def search(space: Any = None, recipe: Any = None, **options: Any) -> SearchResul
             f"search {name!r} already exists in {opts.root}; continue it with --resume {name} or choose another --name"
         )
     recipe = replace(recipe, memory_budget=budget, feature_cache=recipe.feature_cache and not opts.no_cache)
+    from autoside.tune.sampler import resolve_sampler
+
+    opts = replace(opts, sampler=resolve_sampler(opts.sampler, opts.num_samples))  # stored: a resume keeps it
     if opts.cache_dir:
         recipe = replace(recipe, cache_dir=opts.cache_dir)
     _preflight(space, recipe, budget)

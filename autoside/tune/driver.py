@@ -387,6 +387,7 @@ def _warm_cache(state: DriverState, progress: Progress) -> None:
         state.context.space,
         threads=state.context.threads,
         gpus=(fixed or 1.0) if cuda else 0.0,
+        max_concurrent=state.opts.max_concurrent,
     )
     for node in done:
         progress.print(

@@ -70,12 +70,20 @@ def warm_node(recipe_dict: dict[str, Any], space_dict: dict[str, Any], threads: 
     if not taps:
         return {"taps": 0, "built": 0, "seconds": 0.0}
     _, info = ensure_features(build_backbone(recipe), task, recipe, taps, device=resolve_device(recipe.device))
-    return {"taps": len(taps), "built": info.built, "seconds": round(time.perf_counter() - tic, 2)}
+    seconds = round(time.perf_counter() - tic, 2)
+    return {"taps": len(taps), "built": info.built, "seconds": seconds, "threads": torch.get_num_threads()}
 
 
-def warm_cache(recipe_dict: dict[str, Any], space_dict: dict[str, Any], *, threads: int, gpus: float) -> list[dict]:
-    """Run :func:`warm_node` on every alive node with the CPUs (and GPUs) of a trial, all at once; returns what each
-    did. A task that fails is logged and left to the trials' own builds."""
+def warm_cache(
+    recipe_dict: dict[str, Any], space_dict: dict[str, Any], *, threads: int, gpus: float, max_concurrent: int
+) -> list[dict]:
+    """Run :func:`warm_node` on every alive node, all at once; returns what each did. A task that fails is logged and
+    left to the trials' own builds.
+
+    The trials wait for it, so a node's task runs the backbone with as many threads as its trials would share (up to
+    ``max_concurrent`` trials of ``threads`` each, at most the node's CPUs) instead of leaving all but one trial's
+    CPUs idle. It reserves only one trial's CPUs, so on a cluster another job keeps busy it still starts at once.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -85,14 +93,14 @@ def warm_cache(recipe_dict: dict[str, Any], space_dict: dict[str, Any], *, threa
         if n.get("Alive") and n["Resources"].get("CPU", 0) >= threads and n["Resources"].get("GPU", 0) >= gpus
     ]
     task = ray.remote(warm_node)
-    refs = {
-        n["NodeID"]: task.options(
+    refs = {}
+    for n in nodes:
+        cpus = max(threads, min(int(n["Resources"]["CPU"]), threads * max(1, max_concurrent)))
+        refs[n["NodeID"]] = task.options(
             num_cpus=threads,
             num_gpus=gpus,
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
-        ).remote(recipe_dict, space_dict, threads)
-        for n in nodes
-    }
+        ).remote(recipe_dict, space_dict, cpus)
     done = []
     for node, ref in refs.items():
         try:

@@ -40,3 +40,17 @@ def test_every_family_knob_is_modelled(tmp_path: Path, name: str) -> None:
     modelled = set(sampler.infer_relative_search_space(study, study.trials[-1]))
     knobs = {f"{fam.family}/{p.name}" for fam in space.families for p in fam.params}
     assert modelled >= knobs | {"family"}, f"sampled independently: {sorted(knobs - modelled)}"
+
+
+def test_auto_is_gp_for_small_searches_and_tpe_for_large() -> None:
+    from autoside.errors import ConfigError
+    from autoside.tune.sampler import AUTO_GP_MAX_TRIALS, resolve_sampler
+
+    assert resolve_sampler("auto", 24) == "gp"
+    assert resolve_sampler("auto", AUTO_GP_MAX_TRIALS) == "gp"
+    assert resolve_sampler("auto", AUTO_GP_MAX_TRIALS + 1) == "tpe"
+    assert resolve_sampler("random", 24) == "random"  # an explicit choice is kept
+    assert isinstance(make_sampler("auto", seed=0, num_samples=24), optuna.samplers.GPSampler)
+    assert isinstance(make_sampler("auto", seed=0, num_samples=500), optuna.samplers.TPESampler)
+    with pytest.raises(ConfigError, match="--sampler: 'cmaes' is not one of auto, tpe"):
+        resolve_sampler("cmaes", 24)

@@ -329,8 +329,11 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
     )
     out = capsys.readouterr().out
     assert "front" in out  # live progress
-    warm = json.loads((result.dir / "search.json").read_text())["feature_cache_warm"]
+    meta = json.loads((result.dir / "search.json").read_text())
+    assert meta["options"]["sampler"] == "gp"  # the default "auto", resolved for 6 trials and stored for a resume
+    warm = meta["feature_cache_warm"]
     assert "feature cache on node" in out and len(warm) == 1 and warm[0]["built"] > 0
+    assert warm[0]["threads"] == 2  # the CPUs of the 2 trials it holds up, not 1
     assert len(result.trials) == 6 and result.status == "finished"
     statuses = {r.status for r in result.trials}
     assert statuses <= {"ok", "infeasible"} and "ok" in statuses and "infeasible" in statuses
