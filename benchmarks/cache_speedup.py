@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from autoside.recipe import load_recipe, recipe_from_dict
     from autoside.tune.driver import connect_ray
+    from autoside.tune.workdir import runtime_env
 
     torch.set_num_threads(1)
     out: dict = {"args": vars(args), "torch": torch.__version__, "cpus": os.cpu_count(), "load": {"start": load()}}
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     recipe = bench_recipe(args)
     images = args.train + 2 * args.eval
-    owns_ray = connect_ray(None) if {"losa", "demo"} - set(args.skip) else False
+    owns_ray = connect_ray(None, runtime_env(None)) if {"losa", "demo"} - set(args.skip) else False
     try:
         with tempfile.TemporaryDirectory(prefix="autoside-cache-bench-", dir=args.cache_dir) as tmp:
             if "losa" not in args.skip:

@@ -29,11 +29,14 @@ EXCLUDES = (
 )
 
 
-def runtime_env(working_dir: str | None, *, search_dir: str | Path | None = None) -> dict[str, Any] | None:
+def runtime_env(working_dir: str | None, *, search_dir: str | Path | None = None) -> dict[str, Any]:
     """Ray's ``runtime_env`` for a search: ``working_dir`` (``"none"``: ship nothing) without the search's own
-    folder when it lies inside it."""
+    folder when it lies inside it, and the trial workers' environment (:func:`autoside.memory.heap.worker_env`)."""
+    from autoside.memory.heap import worker_env
+
+    env: dict[str, Any] = {"env_vars": worker_env()}
     if working_dir in (None, "", "none"):
-        return None
+        return env
     folder = Path(working_dir).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"--working-dir: {working_dir} is not a folder (use 'none' to ship nothing to the workers)")
@@ -42,7 +45,7 @@ def runtime_env(working_dir: str | None, *, search_dir: str | Path | None = None
         own = Path(search_dir).expanduser().resolve()
         if own != folder and own.is_relative_to(folder):
             excludes.append(f"/{own.relative_to(folder).as_posix()}/")
-    return {"working_dir": str(folder), "excludes": excludes}
+    return {**env, "working_dir": str(folder), "excludes": excludes}
 
 
 def default_working_dir(address: str | None) -> str | None:

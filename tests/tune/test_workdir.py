@@ -10,7 +10,15 @@ def test_the_current_folder_ships_only_to_a_running_cluster(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     assert default_working_dir(None) is None and default_working_dir("local") is None
     assert default_working_dir("auto") == str(tmp_path)
-    assert runtime_env(None) is None and runtime_env("none") is None
+    assert "working_dir" not in runtime_env(None) and "working_dir" not in runtime_env("none")
+
+
+def test_trial_workers_start_with_one_malloc_arena(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert runtime_env(None)["env_vars"] == {"MALLOC_ARENA_MAX": "1"}  # see autoside/memory/heap.py
+    assert runtime_env(str(tmp_path))["env_vars"] == {"MALLOC_ARENA_MAX": "1"}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert runtime_env(None)["env_vars"] == {"MALLOC_ARENA_MAX": "4"}  # the user's choice goes to the workers
 
 
 def test_the_search_folder_and_what_searches_write_stay_behind(tmp_path: Path) -> None:
