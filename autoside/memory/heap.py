@@ -5,8 +5,9 @@ megabytes of activations every step. With glibc's default of up to eight heaps (
 trial's thread freed sits in an arena the next trial's thread may not use, fragmented. Measured on 2 CPU cores
 (vit_small at 224 px, cached LoSA and DTL trials two at a time, ``benchmarks/README.md``): a worker grew from 4 to
 15 GiB of resident memory during its third trial, whose live tensors never passed 1.3 GiB, until Ray's memory monitor
-killed it; with ``MALLOC_ARENA_MAX=1`` in the workers' environment the same eight trials stayed under 4.6 GiB and
-took 397 s in all against 376 s without it.
+killed it; with ``MALLOC_ARENA_MAX=1`` in the workers' environment the same eight trials stayed under 4.6 GiB. The
+price is time: threads of a worker now share one arena's lock, and the same first six trials of that benchmark took
+243 s with it against 204 s without it in an earlier run (the first four slower, the next two as fast).
 
 glibc reads the variable when a process starts, so it goes to Ray's workers through the search's ``runtime_env``
 (:func:`worker_env`); setting the limit later, from inside a running worker, still let one grow to 10 GiB. Mapping
