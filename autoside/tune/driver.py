@@ -500,7 +500,11 @@ class Progress:
         return _Callback()
 
     def duplicate(self, number: int, original: int, params: dict[str, Any]) -> None:
-        choices = ", ".join(f"{k.split('/', 1)[-1]}={v}" for k, v in params.items() if k != "family")
+        choices = ", ".join(
+            f"{k.split('/', 1)[-1]}={v:.10g}" if isinstance(v, float) else f"{k.split('/', 1)[-1]}={v}"
+            for k, v in params.items()
+            if k != "family"
+        )
         self.print(
             f"      proposal {number} repeats trial {trial_id_of(original)} ({params.get('family')}"
             f"{': ' + choices if choices else ''}): not trained again, its result told to the sampler"

@@ -57,7 +57,12 @@ class Param:
     def suggest(self, trial: Any, prefix: str) -> Any:
         key = f"{prefix}/{self.name}"
         if self.type == "float":
-            return trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
+            value = trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
+            if self.step is None:
+                return value
+            # Samplers return stepped floats off the grid by a rounding error (GP: 0.19999999999999996 for 0.2,
+            # 6.9e-18 for 0.0); the config gets the grid value, so equal choices are one configuration.
+            return float(f"{self.low + round((value - self.low) / self.step) * self.step:.10g}")
         if self.type == "int":
             return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))

@@ -43,6 +43,13 @@ def test_conditional_names_nest_with_slash() -> None:
     assert space.config_from_params({"family": "full"}).family == "full"
 
 
+def test_stepped_float_is_put_on_its_grid() -> None:
+    space = space_from_dict(TEST_SPACE)
+    for sampled, grid in ((0.19999999999999996, 0.2), (6.938893903907228e-18, 0.0), (0.30000000000000004, 0.3)):
+        config = space.config_from_params({"family": "linear", "linear/dropout": sampled})
+        assert config.dropout == grid  # exactly: one configuration, and its file and the console show the grid value
+
+
 def test_fixed_knob_is_not_searched() -> None:
     space = space_from_dict({"families": {"linear": {"dropout": 0.25}}})
     trial = optuna.trial.FixedTrial({"family": "linear"})
