@@ -76,9 +76,25 @@ def lr_at(step: int, *, total: int, warmup: int, base_lr: float, min_ratio: floa
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device this machine lacks is a clear error, not a driver
+    traceback in the middle of a run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {name!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device: {name!r} asked for, but this machine has no usable CUDA device; use cpu or auto"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device: {name!r} asked for, but this machine has {count} CUDA device(s)")
+    return device
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

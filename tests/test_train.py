@@ -64,3 +64,18 @@ def test_budget_too_small_stops_the_trial(tiny_recipe_dict):
     recipe = recipe_from_dict({**tiny_recipe_dict, "epochs": 1, "memory_budget": "100KiB"})
     with pytest.raises(MemoryBudgetExceeded, match="over the memory budget of 100 KiB"):
         run_trial(recipe)
+
+
+def test_device_names_checked_before_any_work() -> None:
+    from autoside.errors import ConfigError
+    from autoside.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="device: 'bogus' is not one of"):
+        resolve_device("bogus")
+    with pytest.raises(ConfigError, match="device: 'mps' is not one of"):
+        resolve_device("mps")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match="no usable CUDA device" if count == 0 else "CUDA device"):
+        resolve_device(f"cuda:{count}")

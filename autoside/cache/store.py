@@ -8,7 +8,9 @@ Integrity, since several trial processes share a folder and any of them may be k
   checksum, build time) is written last, also by rename. An array without metadata is a half-written entry: it is
   never read, and rebuilt;
 * the checksum is verified the first time a process reads an entry; a mismatch deletes the entry (rebuilt next);
-* builds hold an exclusive ``fcntl`` lock on the folder, so two searches starting together compute each entry once.
+* builds hold an exclusive ``fcntl`` lock on the folder, so two searches starting together compute each entry once;
+* a temporary file names the process writing it: one left by a killed process (no process of that id runs on this
+  machine any more) is deleted by the next build and listed by ``autoside cache ls``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +42,19 @@ def default_cache_dir() -> Path:
     """``$AUTOSIDE_CACHE_DIR``, else ``~/.cache/autoside/features`` (each node's own disk)."""
     env = os.environ.get("AUTOSIDE_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "autoside" / "features"
+
+
+_TMP_NAME = re.compile(r"^\.([0-9a-f]+)\.(\d+)(\.[a-z]+)?\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -109,6 +125,8 @@ class FeatureStore:
             raise CacheUnavailable(f"feature cache {self.root}: cannot be used ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)
+            for tmp in self.leftovers():  # under the lock: no live builder's file is among them
+                tmp.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -137,6 +155,17 @@ class FeatureStore:
                 meta = {"incomplete": True, "bytes": data.stat().st_size}
             rows.append({"digest": digest, **meta})
         return rows
+
+    def leftovers(self) -> list[Path]:
+        """Temporary files of builds whose process is gone (killed mid-write): never read, only taking space."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for tmp in self.root.glob(".*.tmp"):
+            match = _TMP_NAME.match(tmp.name)
+            if match and not _alive(int(match.group(2))):
+                found.append(tmp)
+        return sorted(found)
 
     def remove(self, digests: list[str] | None = None) -> int:
         """Delete the given entries (all, and any leftover temporary files, when ``None``); returns how many."""

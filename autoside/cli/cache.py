@@ -40,6 +40,14 @@ def _cache(args: argparse.Namespace) -> int:
     from autoside.units import format_bytes
 
     store = FeatureStore(args.cache_dir)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"--cache-dir {store.root}: is a file, not a cache folder")
+    if args.action == "ls" and (args.digests or args.all):
+        raise ConfigError("cache ls: takes no DIGEST or --all (those are for cache rm)")
+    if not store.root.exists():
+        print(f"{store.root}: no such folder (nothing cached there yet)")
+        return 0
+    leftovers = store.leftovers()
     if args.action == "rm":
         if bool(args.digests) == args.all:
             raise ConfigError("cache rm: give the DIGESTs to delete, or --all (not both)")
@@ -47,7 +55,9 @@ def _cache(args: argparse.Namespace) -> int:
         unknown = [d for d in args.digests if d not in known]
         if unknown:
             raise ConfigError(f"cache rm: no entry {unknown[0]!r} in {store.root} (see autoside cache ls)")
-        print(f"removed {store.remove(None if args.all else args.digests)} entries from {store.root}")
+        removed = store.remove(None if args.all else args.digests)
+        extra = f" and {len(leftovers)} file(s) of interrupted builds" if args.all and leftovers else ""
+        print(f"removed {removed} entries{extra} from {store.root}")
         return 0
     rows = store.entries()
     if args.json:
@@ -66,4 +76,7 @@ def _cache(args: argparse.Namespace) -> int:
                 f"{tuple(row['shape'])} built in {row['build_seconds']:.1f} s"
             )
         print(f"{row['digest']}  {format_bytes(row.get('bytes', 0)):>10}  {what}")
+    if leftovers:
+        size = format_bytes(sum(p.stat().st_size for p in leftovers))
+        print(f"{len(leftovers)} file(s) of interrupted builds, {size}: deleted by the next build or cache rm --all")
     return 0

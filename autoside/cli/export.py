@@ -25,7 +25,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         help="export the knee of the accuracy/memory front (the member farthest above the chord "
         "between its extremes, after min-max scaling; ties: lower trial id)",
     )
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is a previous export (or empty)")
     p.add_argument("--root", default=None, help="where searches live (default: autoside_runs)")
     p.add_argument(
         "--register",

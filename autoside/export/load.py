@@ -190,6 +190,7 @@ def load(
     from autoside.sidenets import create_sidenet
     from autoside.train import resolve_device
 
+    target = resolve_device(str(device))  # before any work: a wrong device is the first thing to hear about
     folder = Path(path)
     info = read_side_config(folder)
     config = config_from_info(info)
@@ -223,7 +224,7 @@ def load(
     preprocess = Preprocess.from_data_config(spec.data_config)
     classes = tuple(info.get("classes") or (str(i) for i in range(int(info["num_classes"]))))
     exported = (ExportedDetector if detection else ExportedSideNet)(model, preprocess, classes, info)
-    return exported.to(resolve_device(str(device)) if str(device) == "auto" else torch.device(device)).eval()
+    return exported.to(target).eval()
 
 
 def _detector(sidenet: SideNet, info: dict[str, Any]) -> nn.Module:

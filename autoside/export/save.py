@@ -128,8 +128,12 @@ def save_pretrained(
     from safetensors.torch import save
 
     out = Path(out_dir)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise ExportError(f"{out}: already exists; choose another folder or overwrite it (--force / overwrite=True)")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ExportError(
+                f"{out}: already exists; choose another folder or overwrite it (--force / overwrite=True)"
+            )
+        _check_replaceable(out)
     info = side_info(model, metrics=metrics, extra=extra)
     # Cloned so tied tensors do not share storage (safetensors refuses shared tensors), on CPU, in training dtype.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.side_state_dict().items()}
@@ -155,6 +159,17 @@ def save_pretrained(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Overwriting replaces a previous export (or an empty folder), never a folder of other files or a file."""
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"{out}: is not a folder; --force replaces only a previous export")
+    if any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise ExportError(
+            f"{out}: holds files but no {CONFIG_NAME}, so it is not an export; not replaced (--force "
+            "replaces only a previous export)"
+        )
 
 
 def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:

@@ -12,13 +12,16 @@ from torch import nn
 
 from autoside.backbones import Backbone
 from autoside.sidenets import register_family
-from autoside.sidenets.base import SideConfig, SideNet
+from autoside.sidenets.base import SideConfig, SideNet, require
 
 
 @dataclass(frozen=True)
 class LinearConfig(SideConfig):
     family = "linear"
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,19 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
             )
     backbone = build_backbone(recipe)
     space.check_backbone(backbone.spec)
-    if budget is None or may_read_cache(space, recipe):
-        return  # a trial on stored features holds neither the backbone nor images: no floor below the budget
+    if budget is None:
+        return
+    if may_read_cache(space, recipe):
+        # A trial on stored features holds neither the backbone nor images, but at least one batch of the smallest
+        # feature any family reads (the pooled one, stored in 16 bits at the least).
+        need = recipe.batch_size * backbone.spec.num_features * 2
+        if budget < need:
+            raise ConfigError(
+                f"--memory-budget {format_bytes(budget)} is below what any configuration of space {space.name!r} "
+                f"can fit: even on stored features, one batch of {recipe.batch_size} pooled features of "
+                f"{recipe.backbone.name} needs {format_bytes(need)}; raise the budget"
+            )
+        return
     state = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
     frames = recipe.dataset.frames if video else 1
     batch = recipe.batch_size * frames * 3 * backbone.spec.image_size**2 * 4

@@ -122,9 +122,16 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, device = trial_device(opts, recipe)  # a device the GPU request contradicts fails before anything
     root = Path(opts.root)
-    root.mkdir(parents=True, exist_ok=True)
+    made_root = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if new:
+            (path / "trials").mkdir(parents=True)
+    except OSError as exc:
+        from autoside.errors import ConfigError
+
+        raise ConfigError(f"--root {root}: cannot create the search folder there ({exc.strerror})") from None
     if new:
-        (path / "trials").mkdir(parents=True)
         params = {
             **tracking.flat(
                 {
@@ -155,14 +162,21 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
                 tags=tags,
                 artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
             )
-        except Exception as exc:  # noqa: BLE001 - a store that is down at the start is the user's to fix
+        except Exception as exc:  # noqa: BLE001 - a store that is down or unusable at the start is the user's to fix
             from autoside.errors import ConfigError
             from autoside.tune.journal import transient
 
+            # Nothing of the search is kept: it never started.
+            shutil.rmtree(path, ignore_errors=True)
+            if made_root and not any(root.iterdir()):
+                root.rmdir()
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
             if not transient(exc):
-                raise
+                raise ConfigError(
+                    f"--tracking-uri {meta['tracking_uri']}: MLflow cannot use this store ({first})"
+                ) from None
             raise ConfigError(
-                f"--tracking-uri {meta['tracking_uri']}: the MLflow store does not answer ({str(exc).splitlines()[0]}"
+                f"--tracking-uri {meta['tracking_uri']}: the MLflow store does not answer ({first}"
                 f"); a search needs it at its start (later outages are waited out)"
             ) from None
         meta.update(experiment_id=experiment_id, parent_run_id=parent)

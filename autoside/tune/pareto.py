@@ -199,15 +199,28 @@ def plot(
     drawn as a vertical line. Written with matplotlib's Agg backend (no display needed)."""
     import matplotlib
 
+    path = Path(path)
+    if path.is_dir():
+        raise AutosideError(f"--plot {path}: is a folder; give a file name, e.g. {path / 'pareto.png'}")
+    if not path.parent.is_dir():
+        raise AutosideError(f"--plot {path}: the folder {path.parent} does not exist")
+    if not path.suffix:
+        path = path.with_suffix(".png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     draw(ax, records, front, budget_bytes=budget_bytes, title=title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix[1:])  # then renamed: a reader never sees half a file
+        tmp.replace(path)
+    except ValueError as exc:  # a format matplotlib cannot write
+        raise AutosideError(f"--plot {path}: {exc}") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

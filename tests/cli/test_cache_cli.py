@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -31,6 +32,44 @@ def test_cache_cli_lists_and_removes(tmp_path, capsys):
     assert "no entry 'nope'" in capsys.readouterr().err
     assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
     assert FeatureStore(recipe.cache_dir).entries() == []
+
+
+def test_files_of_killed_builds_are_listed_and_cleaned(tmp_path, capsys):
+    """A build killed mid-write (SIGTERM, SIGKILL) leaves its temporary file: ls shows it, the next build deletes it;
+    a live builder's file is left alone."""
+    import subprocess
+    import sys
+
+    from autoside.cli.main import main
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store = FeatureStore(tmp_path / "cache")
+    store.root.mkdir()
+    stale = store.root / f".{'a' * 32}.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"x" * 4096)
+    live = store.root / f".{'b' * 32}.{os.getpid()}.safetensors.tmp"
+    live.write_bytes(b"y")
+    assert store.leftovers() == [stale]
+    assert main(["cache", "ls", "--cache-dir", str(store.root)]) == 0
+    assert "1 file(s) of interrupted builds, 4 KiB" in capsys.readouterr().out
+    with store.locked():
+        pass
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"x")
+    assert main(["cache", "rm", "--all", "--cache-dir", str(store.root)]) == 0
+    assert "removed 0 entries and 1 file(s) of interrupted builds" in capsys.readouterr().out
+
+
+def test_cache_dir_typos_are_noticed(tmp_path, capsys):
+    from autoside.cli.main import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a cache folder" in capsys.readouterr().err
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "missing")]) == 0
+    assert "no such folder" in capsys.readouterr().out
+    assert main(["cache", "ls", "abc", "--cache-dir", str(tmp_path)]) == 2
+    assert "cache ls: takes no DIGEST" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -273,6 +273,11 @@ def test_existing_out_dir_needs_force(search_root: Path, tmp_path: Path, capsys:
     (tmp_path / "out").mkdir()
     assert _export(search_root, tmp_path / "out", "--trial", "0") == 1
     assert "already exists" in capsys.readouterr().err
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert _export(search_root, tmp_path / "out", "--trial", "0", "--force") == 1
+    assert "not an export; not replaced" in capsys.readouterr().err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    (tmp_path / "out" / "notes.txt").unlink()
     assert _export(search_root, tmp_path / "out", "--trial", "0", "--force") == 0
     assert _exported_trial(tmp_path / "out") == "0000"
 
@@ -364,6 +369,11 @@ def test_predict_command(search_root: Path, tmp_path: Path, capsys: pytest.Captu
     assert "image file not found" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nowhere"), *files]) == 1
     assert "not found" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "out"), *files, "--device", "bogus"]) == 1
+    assert "device: 'bogus' is not one of" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a machine without CUDA: one line, not the driver's traceback
+        assert main(["predict", str(tmp_path / "out"), *files, "--device", "cuda"]) == 1
+        assert "no usable CUDA device" in capsys.readouterr().err
 
 
 def test_register_and_load_from_registry(search_root: Path, tmp_path: Path) -> None:

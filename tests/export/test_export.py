@@ -16,7 +16,7 @@ import torch
 import autoside
 from autoside.backbones import Backbone, create_backbone
 from autoside.errors import AutosideError, ConfigError, WeightsError
-from autoside.export.format import CONFIG_NAME, WEIGHTS_NAME, ExportError
+from autoside.export.format import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ExportError
 from autoside.export.load import ExportedSideNet, as_batch, read_images
 from autoside.export.save import save_pretrained
 from autoside.sidenets import SideNet, create_sidenet, list_sidenets
@@ -181,9 +181,19 @@ def test_existing_folder_refused_unless_overwrite(linear_export: tuple[Path, Sid
     with pytest.raises(ExportError, match="already exists"):
         save_pretrained(model, target)
     assert (target / "keep.txt").exists()
-    save_pretrained(model, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / WEIGHTS_NAME).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+    # --force replaces a previous export or an empty folder, never a folder of someone's files or a file.
+    with pytest.raises(ExportError, match="not an export; not replaced"):
+        save_pretrained(model, target, overwrite=True)
+    assert (target / "keep.txt").read_text() == "x"
+    (tmp_path / "afile").write_text("y")
+    with pytest.raises(ExportError, match="is not a folder"):
+        save_pretrained(model, tmp_path / "afile", overwrite=True)
+    assert (tmp_path / "afile").read_text() == "y"
+    (target / "keep.txt").unlink()
+    save_pretrained(model, target, overwrite=True)  # empty folder
+    save_pretrained(model, target, overwrite=True)  # previous export
+    assert sorted(p.name for p in target.iterdir()) == sorted([WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "again"]
 
 
 def test_failed_export_leaves_nothing(

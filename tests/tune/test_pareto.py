@@ -107,6 +107,12 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     records = [rec(0, 0.9, 500 * 2**20), rec(1, 0.5, 100 * 2**20), rec(2, 0.0, 900 * 2**20, "infeasible")]
     out = plot(records, pareto_front(records), tmp_path / "p.png", budget_bytes=800 * 2**20)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # written whole, then renamed
+    with pytest.raises(AutosideError, match="is a folder; give a file name"):
+        plot(records, pareto_front(records), tmp_path)
+    with pytest.raises(AutosideError, match="does not exist"):
+        plot(records, pareto_front(records), tmp_path / "nowhere" / "p.png")
+    assert plot(records, pareto_front(records), tmp_path / "q").name == "q.png"
 
 
 def test_infeasible_trials_are_drawn_at_their_memory_with_their_own_marker() -> None:

@@ -215,6 +215,8 @@ def test_budget_floor_leaves_out_the_backbone_when_trials_may_read_the_cache(tmp
         _preflight(space, replace(recipe, feature_cache=False), 2**20)
     with pytest.raises(ConfigError, match="below what any configuration"):
         _preflight(space, replace(recipe, augment=True), 2**20)
+    with pytest.raises(ConfigError, match="even on stored features, one batch of"):
+        _preflight(space, recipe, 1024)  # below a batch of pooled features: no trial could ever run
 
 
 def test_search_takes_recipe_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -473,3 +475,20 @@ def test_a_tracking_server_down_at_the_start_is_one_line(
     err = capsys.readouterr().err.strip()
     assert f"--tracking-uri {uri}: the MLflow store does not answer" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs" / "down").exists()
+
+
+@pytest.mark.ray
+def test_an_unusable_tracking_uri_or_root_is_one_line(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    space, recipe = _write(tmp_path)
+    args = ["search", str(space), str(recipe), "--name", "s", "--quiet"]
+    assert main([*args, "--root", str(tmp_path / "runs"), "--tracking-uri", "bogus://x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--tracking-uri bogus://x: MLflow cannot use this store" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing of a search that never started is left
+    (tmp_path / "afile").write_text("x")
+    assert main([*args, "--root", str(tmp_path / "afile" / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--root {tmp_path / 'afile' / 'runs'}: cannot create the search folder there" in err
+    assert len(err.splitlines()) == 1

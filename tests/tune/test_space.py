@@ -117,6 +117,8 @@ def test_one_clear_error_per_mistake(families: dict, expected: str) -> None:
 def test_family_rejects_a_corner_of_the_range() -> None:
     message = _error({"families": {"dtl": {"kernel_size": {"type": "categorical", "choices": [0, -1]}}}})
     assert "kernel_size" in message and "must be 0 (DTL) or a kernel size" in message and "kernel_size=-1" in message
+    message = _error({"families": {"linear": {"dropout": {"type": "float", "low": 0.0, "high": 1.5}}}})
+    assert "dropout" in message and "must be in [0, 1), got 1.5" in message  # refused before any trial starts
 
 
 def test_unknown_top_level_key_and_missing_families() -> None:
