@@ -136,13 +136,34 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, *, what: str = "file") -> dict[str, Any]:
     """Read a YAML mapping; a syntax error names the file, line and column."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the {what} file")
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise ConfigError(f"{path}: is empty; a {what} is a YAML mapping")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: a {what} must be UTF-8 text (YAML); byte {exc.start} is not") from None
     except yaml.YAMLError as exc:
@@ -160,6 +181,8 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set epochs=5")
     key, raw = assignment.split("=", 1)
+    if not key.strip() or "" in key.strip().split("."):
+        raise ConfigError(f"--set {assignment!r}: the key before '=' is empty, e.g. --set epochs=5")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

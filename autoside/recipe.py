@@ -104,4 +104,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data.setdefault("name", Path(path).stem)
     for assignment in overrides:
         set_dotted(data, assignment)
-    return recipe_from_dict(data, source=str(path))
+    try:
+        return recipe_from_dict(data, source=str(path))
+    except ConfigError as exc:
+        # A mistake in an override is the command line's, not the file's: name the --set it came from.
+        message, prefix = str(exc), f"{path}: "
+        rest = message[len(prefix) :] if message.startswith(prefix) else ""
+        for key in (a.split("=", 1)[0].strip() for a in overrides):
+            if rest.startswith(f"{key}:"):
+                raise ConfigError(f"--set {key}:{rest[len(key) + 1 :]}") from None
+        raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoside.errors import ConfigError
 from autoside.tune import tracking
 from autoside.tune.journal import PARENT, Journal, log_op, now_ms
 from autoside.tune.outbox import Outbox, store_record
@@ -24,6 +25,22 @@ from autoside.tune.trial import PENDING_KEY, RECORD_KEY, TrialContext, result_re
 from autoside.units import format_bytes
 
 TRIAL_RETRIES = 1
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` nobody listens on is one line at once (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+            f"`ray start --head`, or leave --address out for a local cluster"
+        ) from None
 
 
 def connect_ray(address: str | None, runtime_env: dict[str, Any] | None = None) -> bool:
@@ -58,8 +75,11 @@ def connect_ray(address: str | None, runtime_env: dict[str, Any] | None = None) 
     else:
         from autoside.tune.workdir import explain_upload_error
 
+        _check_reachable(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, **quiet)
+        except ConnectionError as exc:  # address="auto" with no cluster started on this machine
+            raise ConfigError(f"--address {address}: no Ray cluster found ({str(exc).splitlines()[0]})") from None
         except ValueError as exc:
             clear = explain_upload_error(exc, (runtime_env or {}).get("working_dir", ""))
             if clear is None:

@@ -72,7 +72,7 @@ class TrialRecord:
 
 def search_dir(name: str, root: str | Path | None = None) -> Path:
     if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--name: {name!r} is not a valid search name (letters, digits, - and _)")
+        raise ConfigError(f"search name {name!r}: not a valid name (letters, digits, - and _)")
     return Path(root or DEFAULT_ROOT) / name
 
 

@@ -61,6 +61,23 @@ def test_loopback_addresses():
     assert not is_loopback("auto") and not is_loopback("10.0.0.5:6379") and not is_loopback("ray://head:10001")
 
 
+def test_an_address_nobody_listens_on_is_one_line_at_once():
+    from autoside.errors import ConfigError
+    from autoside.tune.driver import _check_reachable
+    from autoside.tune.loopback import free_port
+
+    port = free_port()
+    tic = time.monotonic()
+    with pytest.raises(ConfigError, match=f"--address 127.0.0.1:{port}: no Ray cluster answers there"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - tic < 5  # Ray's own connect would retry for minutes
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        _check_reachable(f"127.0.0.1:{listener.getsockname()[1]}")  # something answers: left to Ray
+    _check_reachable("auto")
+
+
 def test_local_cluster_registers_and_listens_on_loopback_only():
     import ray
 

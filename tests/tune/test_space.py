@@ -170,6 +170,28 @@ def test_recipe_errors(data: dict, expected: str) -> None:
         recipe_from_dict(data)
 
 
+def test_recipe_file_mistakes_and_override_mistakes_are_named(tmp_path: Path) -> None:
+    from autoside.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 2\nlr: 0.1\nepochs: 3\n")
+    with pytest.raises(ConfigError, match="r.yaml:3:1: malformed YAML \\(key 'epochs' appears twice"):
+        load_recipe(recipe)  # not silently the last one
+    recipe.write_text("  \n")
+    with pytest.raises(ConfigError, match="r.yaml: is empty; a trial recipe is a YAML mapping"):
+        load_recipe(recipe)
+    with pytest.raises(ConfigError, match="is a folder; give the trial recipe file"):
+        load_recipe(tmp_path)
+    recipe.write_text("epochs: 2\n")
+    # A typo on the command line is the command line's, not the file's.
+    with pytest.raises(ConfigError, match="^--set epochz: unknown key"):
+        load_recipe(recipe, ["epochz=3"])
+    with pytest.raises(ConfigError, match="^--set epochs: expected an integer, got 'abc'"):
+        load_recipe(recipe, ["epochs=abc"])
+    with pytest.raises(ConfigError, match="the key before '=' is empty"):
+        load_recipe(recipe, ["=3"])
+
+
 def test_cli_reports_recipe_error_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space = tmp_path / "s.yaml"
     space.write_text("families:\n  linear: {}\n")
