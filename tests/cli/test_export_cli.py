@@ -369,10 +369,10 @@ def test_predict_command(search_root: Path, tmp_path: Path, capsys: pytest.Captu
     assert "image file not found" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nowhere"), *files]) == 1
     assert "not found" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "out"), *files, "--device", "bogus"]) == 1
+    assert main(["predict", str(tmp_path / "out"), *files, "--device", "bogus"]) == 2  # a usage error
     assert "device: 'bogus' is not one of" in capsys.readouterr().err
     if not torch.cuda.is_available():  # a machine without CUDA: one line, not the driver's traceback
-        assert main(["predict", str(tmp_path / "out"), *files, "--device", "cuda"]) == 1
+        assert main(["predict", str(tmp_path / "out"), *files, "--device", "cuda"]) == 2
         assert "no usable CUDA device" in capsys.readouterr().err
 
 
