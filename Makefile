@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoside tests benchmarks
 	$(VENV)/bin/ruff format --check autoside tests benchmarks
+	$(VENV)/bin/vulture
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory_vs_full.py

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -385,7 +384,3 @@ def run_trial(
     if load_backbone and not prepared.net.backbone.weights_loaded:
         load_backbone_weights(prepared.net, recipe)
     return replace(result, feature_cache=asdict(prepared.cache)), prepared.net
-
-
-def machine_info() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}

@@ -156,12 +156,13 @@ def main() -> None:
             hvs[name].append(run_sampler(name, seed, args.trials, table))
             print(f"{name} seed {seed}: hypervolume {hvs[name][-1]:.4f} ({table.trained} trained so far)", flush=True)
     for name in names:
-        mean, stdev = statistics.mean(hvs[name]), statistics.stdev(hvs[name])
+        mean = statistics.mean(hvs[name])
+        stdev = statistics.stdev(hvs[name]) if len(hvs[name]) > 1 else float("nan")  # one seed: no deviation
         out["samplers"][name] = {"mean": mean, "stdev": stdev, "all": hvs[name]}
         print(f"{name:7s} hypervolume after {args.trials} trials: {mean:.4f} +- {stdev:.4f} over {args.seeds} seeds")
     rnd = out["samplers"].get("random")
     for name, row in out["samplers"].items():
-        if rnd is not None and name != "random":
+        if rnd is not None and name != "random" and args.seeds > 1:
             lead = row["mean"] - rnd["mean"]
             row["lead_in_random_stdevs"] = lead / rnd["stdev"]
             row["lead_in_standard_errors"] = lead / ((row["stdev"] ** 2 + rnd["stdev"] ** 2) / args.seeds) ** 0.5

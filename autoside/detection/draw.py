@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,9 +46,10 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp, whose files are 0600: the picture gets the user's umask like every other file autoside writes.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(fh, format="PNG")
         os.replace(tmp, path)
     except BaseException:

@@ -58,13 +58,6 @@ class MemoryBudgetExceeded(AutosideError):
         )
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
-    if t.is_meta or getattr(t, "is_sparse", False):
-        return None
-    storage = t.untyped_storage()
-    return (storage.data_ptr(), storage.nbytes())
-
-
 class LiveTensorTracker(TorchDispatchMode):
     """Counts the bytes of live tensor storages on one device type and keeps the peak (see module docstring)."""
 

@@ -8,7 +8,8 @@ When the sampler proposes a configuration the search already ran (or is running)
 Optuna trial is marked ``duplicate_of`` and told the earlier trial's outcome under its own number (values and
 constraint, COMPLETE or PRUNED; once the earlier trial finishes, if it is still running), so the sampler learns
 nothing false, and the sampler is asked again. After :data:`REASKS` repeats in a row, an unseen configuration drawn
-at random is enqueued instead; when none is left (a finite space fully tried) the search ends early. A trial whose
+at random (or, when draws keep hitting tried ones, the first untried one of a finite space's grid) is enqueued
+instead; when none is left (a finite space fully tried) the search ends early. A trial whose
 worker crashed (``failed``) does not count as tried: its configuration may run again.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 REASKS = 10
 RANDOM_DRAWS = 200
+GRID_WALK_MAX = 100_000  # a finite space up to this size is walked for its last untried configurations
 TRIED = ("ok", "infeasible", "pruned")
 
 
@@ -111,7 +113,8 @@ class Ledger:
             self._tell_copy(ot_trial, frozen)
 
     def fresh(self) -> dict[str, Any] | None:
-        """Parameters of a configuration not tried yet, drawn at random (``None`` when none was found)."""
+        """Parameters of a configuration not tried yet: drawn at random, else (a finite space nearly all tried,
+        where random draws keep hitting tried ones) the first untried one of its grid; ``None`` when none is left."""
         from autoside.errors import ConfigError
 
         for _ in range(RANDOM_DRAWS):
@@ -122,6 +125,12 @@ class Ledger:
                 continue
             if self.key(trial.params) not in self.seen:
                 return dict(trial.params)
+        if self.size is None or self.size > GRID_WALK_MAX:
+            return None
+        for params in self.space.grid():
+            key = self.key(params)
+            if key is not None and key not in self.seen:
+                return params
         return None
 
     def _frozen(self, number: int) -> Any:

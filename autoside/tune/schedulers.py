@@ -24,8 +24,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from autoside.tune.pareto import OBJECTIVES, non_dominated
 from autoside.tune.trial import FINAL_KEY
 
-SCHEDULERS = ("none", "asha", "moasha")
-
 
 def _unfinished(result: dict[str, Any]) -> bool:
     return FINAL_KEY in result and result[FINAL_KEY] != "ok"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ class Param:
         if self.type == "float" and self.step is None:
             return None
         return int((self.high - self.low) / (self.step or 1) + 1e-9) + 1
+
+    def values(self) -> list[Any]:
+        """Every value the knob can take, on its grid (a finite knob only; see :meth:`count`)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        step = self.step or 1
+        values = [self.low + i * step for i in range(self.count() or 0)]
+        return [float(f"{v:.10g}") for v in values] if self.type == "float" else [int(v) for v in values]
 
     def corners(self) -> list[Any]:
         """Values that validation builds a config with: both ends of a range, every choice."""
@@ -193,8 +202,12 @@ class SearchSpace:
             total += math.prod(counts)
         return total
 
-    def size_hint(self) -> str:
-        return ", ".join(f"{f.family} ({len(f.params)} knobs)" for f in self.families)
+    def grid(self) -> Iterator[dict[str, Any]]:
+        """The parameters of every configuration of a finite space (:meth:`size` is not ``None``), family by family."""
+        for fam in self.families:
+            names = [f"{fam.family}/{p.name}" for p in fam.params]
+            for combo in itertools.product(*(p.values() for p in fam.params)):
+                yield {"family": fam.family, **dict(zip(names, combo, strict=True))}
 
 
 def load_space(path: str | Path) -> SearchSpace:

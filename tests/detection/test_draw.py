@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from autoside.errors import ConfigError
 
 
 def test_boxes_are_drawn_in_their_class_colour_and_written_atomically(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
     image = torch.zeros((1, 48, 64), dtype=torch.uint8)  # grey images are drawn in colour
     boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [36.0, 10.0, 60.0, 20.0]])
     labels = torch.tensor([0, 2])
@@ -15,6 +19,7 @@ def test_boxes_are_drawn_in_their_class_colour_and_written_atomically(tmp_path):
         tmp_path / "out.png", image, boxes, labels, ("cat", "dog", "bird"), torch.tensor([0.9, 0.25])
     )
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the user's umask, as every file autoside writes
     drawn = np.asarray(Image.open(path))
     assert drawn.shape == (48, 64, 3)
     for (x0, _, x1, y1), label in zip(boxes.int().tolist(), labels.tolist(), strict=True):

@@ -66,6 +66,25 @@ def test_every_configuration_runs_once_and_a_tried_space_ends_the_search(tmp_pat
         assert _key(SPACE, t.params) == _key(SPACE, trials[original].params)
 
 
+def test_the_last_untried_configuration_is_found_when_draws_miss_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finite space nearly all tried: random draws rarely hit what is left, so the grid is walked; the search ends
+    only when nothing is left, not when 200 draws missed."""
+    import autoside.tune.dedup as dedup
+
+    monkeypatch.setattr(dedup, "RANDOM_DRAWS", 0)  # every draw misses
+    searcher = _searcher(tmp_path)
+    grid = list(searcher.autoside_space.grid())
+    assert len(grid) == searcher.autoside_space.size() == 7
+    assert len({_key(SPACE, p) for p in grid}) == 7  # one entry per configuration
+    for number, params in enumerate(grid[:-1]):
+        searcher.ledger.seen[_key(SPACE, params)] = number
+    assert _key(SPACE, searcher.ledger.fresh()) == _key(SPACE, grid[-1])
+    searcher.ledger.seen[_key(SPACE, grid[-1])] = 6
+    assert searcher.ledger.fresh() is None and searcher.ledger.exhausted()
+
+
 def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path: Path) -> None:
     space = {"name": "two", "families": {"full": {}, "linear": {}}}
     searcher = _searcher(tmp_path, space)
@@ -82,7 +101,7 @@ def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path: Path) -> No
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in by_number.values())
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
 def test_resume_does_not_re_propose(tmp_path: Path, sampler: str) -> None:
     """A resumed driver (same seed) is seeded from the trials already told: its proposals are new, not a replay of
     the first run's (on a continuous knob, any repeat is a replay), and none of them runs twice."""

@@ -161,6 +161,19 @@ def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytes
     assert "full: acc -, mem 3 MiB" in line and "best within budget -" in line
 
 
+def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, Progress
+
+    meta = {"name": "p", "budget_bytes": 2**20}
+    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
+    Progress(state).duplicate(7, 3, {"family": "linear", "linear/dropout": 0.19999999999999996})
+    line = capsys.readouterr().out.strip()
+    assert line == (
+        "proposal 7 repeats trial 0003 (linear: dropout=0.2): not trained again, its result told to the sampler"
+    )
+
+
 def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
