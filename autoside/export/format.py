@@ -47,6 +47,8 @@ def read_side_config(path: str | Path) -> dict[str, Any]:
     """The parsed ``side_config.json`` of an export folder, checked for the keys :func:`load` needs."""
     folder = Path(path)
     file = folder / CONFIG_NAME
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder}: is a file; give the export folder (with {CONFIG_NAME} and {WEIGHTS_NAME})")
     if not folder.is_dir():
         raise ExportError(f"{folder}: not found (expected an export folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
     if not file.is_file():

@@ -351,6 +351,8 @@ def read_images(paths: Sequence[str | Path], image_size: int | None) -> torch.Te
     batch = []
     for path in paths:
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder; give image files")
         if not path.is_file():
             raise DataError(f"{path}: image file not found")
         try:

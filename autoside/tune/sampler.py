@@ -147,6 +147,8 @@ class AutosideOptunaSearch(OptunaSearch):
         else:
             asked = self._ask_new()
             if asked is None:
+                if set(self._ot_trials) - self._completed_trials:
+                    return None  # all tried or running: ask again later, a running one may fail and be free again
                 self.finished_early = True
                 return Searcher.FINISHED
             ot_trial, params = asked

@@ -16,7 +16,7 @@ import torch
 import autoside
 from autoside.backbones import Backbone, create_backbone
 from autoside.errors import AutosideError, ConfigError, WeightsError
-from autoside.export.format import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ExportError
+from autoside.export.format import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ExportError, read_side_config
 from autoside.export.load import ExportedSideNet, as_batch, read_images
 from autoside.export.save import save_pretrained
 from autoside.sidenets import SideNet, create_sidenet, list_sidenets
@@ -168,6 +168,10 @@ def test_read_images(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "b.jpg")
     batch = read_images([tmp_path / "a.png", tmp_path / "b.jpg"], 16)
     assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.uint8
+    with pytest.raises(AutosideError, match="is a folder; give image files"):
+        read_images([tmp_path], 16)
+    with pytest.raises(ExportError, match="is a file; give the export folder"):
+        read_side_config(tmp_path / "a.png")
     (tmp_path / "c.png").write_bytes(b"not an image")
     with pytest.raises(AutosideError, match="not a readable image"):
         read_images([tmp_path / "c.png"], 16)

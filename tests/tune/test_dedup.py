@@ -91,14 +91,31 @@ def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path: Path) -> No
     first = searcher.suggest("t0")
     second = searcher.suggest("t1")
     assert _key(space, first["params"]) != _key(space, second["params"])
-    assert searcher.suggest("t2") == Searcher.FINISHED  # both configurations are out (running)
+    assert searcher.suggest("t2") is None  # both configurations are out (running): not finished, wait for them
+    assert not searcher.finished_early
     parked = [t for t in searcher.study.get_trials() if "duplicate_of" in t.user_attrs]
     searcher.on_trial_complete("t0", _result(first["params"]))
     searcher.on_trial_complete("t1", {**_result(second["params"]), "val_accuracy": 0.1})
+    assert searcher.suggest("t3") == Searcher.FINISHED and searcher.finished_early
     by_number = {t.number: t for t in searcher.study.get_trials()}
     for t in parked:
         assert by_number[t.number].values == by_number[t.user_attrs["duplicate_of"]].values
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in by_number.values())
+
+
+def test_a_configuration_freed_by_a_crash_runs_again_before_the_search_ends(tmp_path: Path) -> None:
+    """Every configuration tried or running: the search waits instead of ending, and a running trial whose worker
+    crashed frees its configuration, which is handed out again."""
+    space = {"name": "two", "families": {"full": {}, "linear": {}}}
+    searcher = _searcher(tmp_path, space)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert searcher.suggest("t2") is None
+    searcher.on_trial_complete("t0", _result(first["params"]))
+    searcher.on_trial_complete("t1", error=True)  # its worker crashed: failed, not tried
+    again = searcher.suggest("t3")
+    assert isinstance(again, dict) and _key(space, again["params"]) == _key(space, second["params"])
+    searcher.on_trial_complete("t3", _result(again["params"]))
+    assert searcher.suggest("t4") == Searcher.FINISHED
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
