@@ -1,5 +1,5 @@
 """``optuna-dashboard`` (installed with autoside) serves a search's Optuna study: started on 127.0.0.1 at a free
-port on a study written by the searcher over the demo space, its API lists the study and its trials."""
+port on the study a (shrunk) demo search wrote, its API lists the study and its trials; stopped by its process id."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoside.tune.space import load_space
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,27 +24,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _demo_study(path: Path) -> str:
-    """A study as a search writes it: the demo space sampled by the searcher, results told with the constraint."""
-    from autoside.tune.sampler import AutosideOptunaSearch
-
-    storage = f"sqlite:///{path}"
-    searcher = AutosideOptunaSearch(
-        load_space(ROOT / "search_spaces" / "demo.yaml"),
-        objectives=("accuracy", "memory"),
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        storage=optuna.storages.RDBStorage(storage),
-        study_name="demo",
-        budget_bytes=1000,
-    )
-    for i in range(3):
-        searcher.suggest(f"t{i}")
-        searcher.on_trial_complete(
-            f"t{i}", {"autoside_status": "ok", "val_accuracy": 0.5 + i / 10, "peak_memory_bytes": 900}
-        )
-    return storage
 
 
 def _get(url: str, deadline: float) -> dict:
@@ -60,8 +37,29 @@ def _get(url: str, deadline: float) -> dict:
             time.sleep(0.3)
 
 
-def test_optuna_dashboard_serves_a_search_study(tmp_path: Path) -> None:
-    storage = _demo_study(tmp_path / "optuna.db")
+@pytest.mark.ray
+@pytest.mark.slow
+def test_optuna_dashboard_serves_a_demo_search_study(tmp_path: Path, ray_cluster: None) -> None:
+    """The README's demo search (its space and recipe, shrunk to seconds with the same overrides a user would pass
+    to ``autoside search --set``), then the dashboard on the study that search wrote."""
+    import autoside
+    from autoside.recipe import load_recipe
+
+    tiny = ["dataset.train_size=64", "dataset.val_size=32", "dataset.test_size=32", "epochs=1"]
+    recipe = load_recipe(ROOT / "trials" / "demo.yaml", [*tiny, f"cache_dir={tmp_path / 'cache'}"])
+    result = autoside.search(
+        ROOT / "search_spaces" / "demo.yaml",
+        recipe,
+        num_samples=3,
+        max_concurrent=1,
+        root=str(tmp_path / "runs"),
+        name="demo",
+        progress=False,
+        seed=0,
+    )
+    assert len(result.trials) == 3
+    storage = f"sqlite:///{tmp_path / 'runs' / 'demo' / 'optuna.db'}"
+    told = optuna.load_study(study_name=None, storage=storage)
     exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
     assert exe, "optuna-dashboard is not installed (it is a dependency of autoside)"
     port = _free_port()
@@ -74,9 +72,9 @@ def test_optuna_dashboard_serves_a_search_study(tmp_path: Path) -> None:
     try:
         base, deadline = f"http://127.0.0.1:{port}", time.time() + 60
         studies = _get(f"{base}/api/studies", deadline)["study_summaries"]
-        assert [s["study_name"] for s in studies] == ["demo"]
+        assert [s["study_name"] for s in studies] == [told.study_name]
         detail = _get(f"{base}/api/studies/{studies[0]['study_id']}", deadline)
-        assert len(detail["trials"]) == 3
+        assert len(detail["trials"]) == len(told.trials) >= 3  # the trained ones, and any repeat told for them
         assert {p["name"] for t in detail["trials"] for p in t["params"]} >= {"family"}
     finally:
         os.kill(proc.pid, signal.SIGTERM)
