@@ -94,7 +94,6 @@ def check_tracking_reachable(tracking_uri: str) -> None:
     folder) must be proven to be the same folder on every node (:mod:`autoside.tune.shared`)."""
     import ray
 
-    from autoside.errors import ConfigError
     from autoside.tune.shared import unshared_nodes
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -148,8 +147,6 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
         if new:
             (path / "trials").mkdir(parents=True)
     except OSError as exc:
-        from autoside.errors import ConfigError
-
         raise ConfigError(f"--root {root}: cannot create the search folder there ({exc.strerror})") from None
     if new:
         params = {
@@ -183,7 +180,6 @@ def prepare(path: Path, meta: dict[str, Any], space: Any, recipe: Any, opts: Any
                 artifacts={"space.json": meta["space"], "recipe.json": meta["recipe"], "options.json": meta["options"]},
             )
         except Exception as exc:  # noqa: BLE001 - a store that is down or unusable at the start is the user's to fix
-            from autoside.errors import ConfigError
             from autoside.tune.journal import transient
 
             # Nothing of the search is kept: it never started.
