@@ -24,11 +24,16 @@ GRID_WALK_MAX = 100_000  # a finite space up to this size is walked for its last
 TRIED = ("ok", "infeasible", "pruned")
 
 
+def canonical_float(value: float) -> float:
+    """A float at 10 significant digits: rounding noise (0.30000000000000004) does not make a new choice."""
+    return float(f"{value:.10g}")
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
-        return float(f"{value:.10g}")
+        return canonical_float(value)
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

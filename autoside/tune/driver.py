@@ -18,6 +18,7 @@ from typing import Any
 
 from autoside.errors import ConfigError
 from autoside.tune import tracking
+from autoside.tune.dedup import canonical_float
 from autoside.tune.journal import PARENT, Journal, log_op, now_ms
 from autoside.tune.outbox import Outbox, store_record
 from autoside.tune.results import RESULT_FILE, SearchResult, open_search, read_records
@@ -531,7 +532,7 @@ class Progress:
 
     def duplicate(self, number: int, original: int, params: dict[str, Any]) -> None:
         choices = ", ".join(
-            f"{k.split('/', 1)[-1]}={v:.10g}" if isinstance(v, float) else f"{k.split('/', 1)[-1]}={v}"
+            f"{k.split('/', 1)[-1]}={canonical_float(v) if isinstance(v, float) else v}"
             for k, v in params.items()
             if k != "family"
         )

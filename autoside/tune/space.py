@@ -37,6 +37,7 @@ from typing import Any
 from autoside.config import load_yaml
 from autoside.errors import ConfigError
 from autoside.sidenets import SideConfig, get_family, list_families
+from autoside.tune.dedup import canonical_float
 
 _TYPES = ("float", "int", "categorical")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -63,7 +64,7 @@ class Param:
                 return value
             # Samplers return stepped floats off the grid by a rounding error (GP: 0.19999999999999996 for 0.2,
             # 6.9e-18 for 0.0); the config gets the grid value, so equal choices are one configuration.
-            return float(f"{self.low + round((value - self.low) / self.step) * self.step:.10g}")
+            return canonical_float(self.low + round((value - self.low) / self.step) * self.step)
         if self.type == "int":
             return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))
@@ -82,7 +83,7 @@ class Param:
             return list(self.choices)
         step = self.step or 1
         values = [self.low + i * step for i in range(self.count() or 0)]
-        return [float(f"{v:.10g}") for v in values] if self.type == "float" else [int(v) for v in values]
+        return [canonical_float(v) for v in values] if self.type == "float" else [int(v) for v in values]
 
     def corners(self) -> list[Any]:
         """Values that validation builds a config with: both ends of a range, every choice."""
