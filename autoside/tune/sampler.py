@@ -15,6 +15,9 @@ Ray's own integration falls short for autoside in five ways, each fixed here:
 * **Each configuration is trained once.** A proposal that repeats a configuration already tried is told the
   earlier outcome and the sampler is asked again (:mod:`autoside.tune.dedup`); a finite space fully tried ends the
   search early.
+* **The sampler runs on one torch thread.** Optuna's GP fits and optimises in torch, in the driver, while the
+  trials hold every core; torch's own thread pool then oversubscribes them (the asks of a 24-trial GP study on 2
+  cores beside two busy processes: 308 s with torch's default threads, 76 s with one; ``benchmarks/README.md``).
 * **Trial identity survives a restart.** Each suggestion carries the Optuna trial number (the trial's id, its folder
   and its MLflow run); on resume, trials that were running when the driver died are handed out again under the same
   number instead of being lost or duplicated.
@@ -25,7 +28,8 @@ no-ops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -121,6 +125,10 @@ class AutosideOptunaSearch(OptunaSearch):
 
     # -- asking ------------------------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        with _one_torch_thread():
+            return self._suggest(trial_id)
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id in self._configs:
             return self._configs[trial_id]
         if self.requeued:
@@ -143,7 +151,7 @@ class AutosideOptunaSearch(OptunaSearch):
             if original is not None:
                 if self.on_duplicate is not None:
                     self.on_duplicate(ot_trial.number, original, params)
-                return self.suggest(trial_id)
+                return self._suggest(trial_id)
         else:
             asked = self._ask_new()
             if asked is None:
@@ -257,6 +265,19 @@ class AutosideOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         return None
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the block, then as it was (a user's own process may call ``autoside.search``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 AUTO_GP_MAX_TRIALS = 200

@@ -54,3 +54,33 @@ def test_auto_is_gp_for_small_searches_and_tpe_for_large() -> None:
     assert isinstance(make_sampler("auto", seed=0, num_samples=500), optuna.samplers.TPESampler)
     with pytest.raises(ConfigError, match="--sampler: 'cmaes' is not one of auto, tpe"):
         resolve_sampler("cmaes", 24)
+
+
+def test_the_sampler_asks_on_one_torch_thread_and_restores_the_callers(tmp_path: Path) -> None:
+    """Optuna's GP runs in torch in the driver beside trials that hold every core: a torch thread pool as wide as the
+    machine oversubscribes it, so proposals are computed on one thread and the caller's setting comes back after."""
+    import torch
+
+    seen: list[int] = []
+
+    class Watching(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):  # noqa: ANN001, ANN201
+            seen.append(torch.get_num_threads())
+            return super().sample_independent(study, trial, name, distribution)
+
+    searcher = AutosideOptunaSearch(
+        load_space(ROOT / "search_spaces" / "demo.yaml"),
+        objectives=("accuracy", "memory"),
+        sampler=Watching(seed=0),
+        storage=optuna.storages.InMemoryStorage(),
+        study_name="s",
+        budget_bytes=None,
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert searcher.suggest("t0")["params"]["family"]
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
