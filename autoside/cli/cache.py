@@ -31,6 +31,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="rm: delete every entry and any half-written file")
     p.add_argument("--cache-dir", help="the cache folder (default $AUTOSIDE_CACHE_DIR or ~/.cache/autoside/features)")
     p.add_argument("--json", action="store_true", help="ls: print the entries as JSON")
+    p.set_defaults(trailing="digests")  # `rm --cache-dir DIR D1 D2`: digests after an option (autoside.cli.main)
 
 
 @command("cache", "list or delete the stored backbone features that searches share")(_cache_args)

@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a `*` positional before the options that follow it, so `cache rm --all D1` leaves D1 over; a
+    # command that names such a positional (`trailing`) gets the words left over, anything else is refused as before.
+    trailing = getattr(args, "trailing", None)
+    if extra and trailing and not any(word.startswith("-") for word in extra):
+        setattr(args, trailing, [*getattr(args, trailing), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except AutosideError as exc:

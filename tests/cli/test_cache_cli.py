@@ -26,8 +26,13 @@ def test_cache_cli_lists_and_removes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 entries" in out and "pooled float16" in out
     digest = FeatureStore(recipe.cache_dir).entries()[0]["digest"]
-    assert main(["cache", "rm", digest, "--cache-dir", recipe.cache_dir]) == 0
+    assert main(["cache", "rm", "--cache-dir", recipe.cache_dir, digest]) == 0  # digests may follow an option
     assert len(FeatureStore(recipe.cache_dir).entries()) == 2
+    assert main(["cache", "rm", "--all", digest, "--cache-dir", recipe.cache_dir]) == 2
+    assert "give the DIGESTs to delete, or --all (not both)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other commands still refuse words they do not take
+        main(["datasets", "extra"])
+    assert "unrecognized arguments: extra" in capsys.readouterr().err
     assert main(["cache", "rm", "nope", "--cache-dir", recipe.cache_dir]) == 2
     assert "no entry 'nope'" in capsys.readouterr().err
     assert main(["cache", "rm", "--all", "--cache-dir", recipe.cache_dir]) == 0
