@@ -1,6 +1,6 @@
 """Ray Tune's ``OptunaSearch``, extended to tell Optuna the truth about each trial.
 
-Ray's own integration falls short for autoside in five ways, each fixed here:
+Ray's own integration falls short for autoside in these ways, each fixed here:
 
 * **The memory budget is an Optuna constraint.** Before a result is told, the trial gets
   ``trial.set_constraint("memory", peak - budget)`` (Optuna 5's API; feasible when <= 0), so every sampler
