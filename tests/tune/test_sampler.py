@@ -56,7 +56,7 @@ def test_auto_is_gp_for_small_searches_and_tpe_for_large() -> None:
         resolve_sampler("cmaes", 24)
 
 
-def test_the_sampler_asks_on_one_torch_thread_and_restores_the_callers(tmp_path: Path) -> None:
+def test_the_sampler_asks_on_one_torch_thread_and_restores_the_callers() -> None:
     """Optuna's GP runs in torch in the driver beside trials that hold every core: a torch thread pool as wide as the
     machine oversubscribes it, so proposals are computed on one thread and the caller's setting comes back after."""
     import torch
