@@ -122,7 +122,7 @@ def run_sampler(name: str, seed: int, trials: int, table: Table) -> float:
     searcher = AutosideOptunaSearch(
         table.space,
         objectives=("accuracy", "memory"),
-        sampler=make_sampler(name, seed=seed, num_samples=trials),
+        sampler=make_sampler(name, seed=seed, num_samples=trials, space=table.space),
         storage=optuna.storages.InMemoryStorage(),
         study_name="b",
         budget_bytes=budget,

@@ -43,8 +43,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["auto", "tpe", "nsga2", "gp", "random"],
-        help="Optuna sampler (default auto: gp for up to 200 trials, tpe above)",
+        choices=["auto", "family-gp", "tpe", "nsga2", "gp", "random"],
+        help="Optuna sampler (default auto: family-gp, a GP per family and a bandit over families, for up to 200 "
+        "trials; tpe above)",
     )
     p.add_argument(
         "--scheduler",

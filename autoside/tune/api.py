@@ -37,7 +37,7 @@ class SearchOptions:
     gpus_per_node: float | None = None
     gpu_memory: str | int | None = None
     cluster_config: str | None = None
-    sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = "auto"
+    sampler: Literal["auto", "family-gp", "tpe", "nsga2", "gp", "random"] = "auto"
     scheduler: Literal["none", "asha", "moasha"] = "none"
     address: str | None = None
     tracking_uri: str | None = None

@@ -272,7 +272,9 @@ def _searcher(state: DriverState, *, pending: list[Any], scheduler: Any = None, 
     from autoside.tune.sampler import AutosideOptunaSearch, make_sampler
 
     opts = state.opts
-    sampler = make_sampler(opts.sampler, seed=opts.seed, num_samples=opts.num_samples, told=_told(state))
+    sampler = make_sampler(
+        opts.sampler, seed=opts.seed, num_samples=opts.num_samples, space=state.space, told=_told(state)
+    )
 
     def on_finish(number: int, status: str, last: dict[str, Any], params: dict[str, Any]) -> None:
         _record(state, number, status, last, params)

@@ -69,6 +69,16 @@ class Param:
             return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))
 
+    def distribution(self) -> Any:
+        """The knob as the Optuna distribution :meth:`suggest` asks for (a sub-study asks with it)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return CategoricalDistribution(list(self.choices))
+
     def count(self) -> int | None:
         """How many values the knob can take (``None``: a continuous float)."""
         if self.type == "categorical":

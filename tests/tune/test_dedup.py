@@ -118,7 +118,7 @@ def test_a_configuration_freed_by_a_crash_runs_again_before_the_search_ends(tmp_
     assert searcher.suggest("t4") == Searcher.FINISHED
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "family-gp"])
 def test_resume_does_not_re_propose(tmp_path: Path, sampler: str) -> None:
     """A resumed driver (same seed) is seeded from the trials already told: its proposals are new, not a replay of
     the first run's (on a continuous knob, any repeat is a replay), and none of them runs twice."""

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("name", ["gp", "nsga2"])
 def test_every_family_knob_is_modelled(tmp_path: Path, name: str) -> None:
     space = load_space(ROOT / "search_spaces" / "demo.yaml")
-    sampler = make_sampler(name, seed=0, num_samples=12)
+    sampler = make_sampler(name, seed=0, num_samples=12, space=space)
     searcher = AutosideOptunaSearch(
         space,
         objectives=("accuracy", "memory"),
@@ -42,17 +42,19 @@ def test_every_family_knob_is_modelled(tmp_path: Path, name: str) -> None:
     assert modelled >= knobs | {"family"}, f"sampled independently: {sorted(knobs - modelled)}"
 
 
-def test_auto_is_gp_for_small_searches_and_tpe_for_large() -> None:
+def test_auto_is_a_gp_per_family_for_small_searches_and_tpe_for_large() -> None:
     from autoside.errors import ConfigError
+    from autoside.tune.families import FamilyGPSampler
     from autoside.tune.sampler import AUTO_GP_MAX_TRIALS, resolve_sampler
 
-    assert resolve_sampler("auto", 24) == "gp"
-    assert resolve_sampler("auto", AUTO_GP_MAX_TRIALS) == "gp"
+    space = load_space(ROOT / "search_spaces" / "demo.yaml")
+    assert resolve_sampler("auto", 24) == "family-gp"
+    assert resolve_sampler("auto", AUTO_GP_MAX_TRIALS) == "family-gp"
     assert resolve_sampler("auto", AUTO_GP_MAX_TRIALS + 1) == "tpe"
     assert resolve_sampler("random", 24) == "random"  # an explicit choice is kept
-    assert isinstance(make_sampler("auto", seed=0, num_samples=24), optuna.samplers.GPSampler)
-    assert isinstance(make_sampler("auto", seed=0, num_samples=500), optuna.samplers.TPESampler)
-    with pytest.raises(ConfigError, match="--sampler: 'cmaes' is not one of auto, tpe"):
+    assert isinstance(make_sampler("auto", seed=0, num_samples=24, space=space), FamilyGPSampler)
+    assert isinstance(make_sampler("auto", seed=0, num_samples=500, space=space), optuna.samplers.TPESampler)
+    with pytest.raises(ConfigError, match="--sampler: 'cmaes' is not one of auto, family-gp, tpe"):
         resolve_sampler("cmaes", 24)
 
 

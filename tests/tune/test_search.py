@@ -345,7 +345,9 @@ def test_search_tracks_every_trial_and_pareto_is_exact(
     out = capsys.readouterr().out
     assert "front" in out  # live progress
     meta = json.loads((result.dir / "search.json").read_text())
-    assert meta["options"]["sampler"] == "gp"  # the default "auto", resolved for 6 trials and stored for a resume
+    assert (
+        meta["options"]["sampler"] == "family-gp"
+    )  # the default "auto", resolved for 6 trials and stored for a resume
     warm = meta["feature_cache_warm"]
     assert "feature cache on node" in out and len(warm) == 1 and warm[0]["built"] > 0
     assert warm[0]["threads"] == 2  # the CPUs of the 2 trials it holds up, not 1

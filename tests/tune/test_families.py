@@ -1,0 +1,142 @@
+"""The default sampler of small searches: a GP per family on that family's own trials, a bandit over families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoside.tune.families import FamilyGPSampler
+from autoside.tune.sampler import AutosideOptunaSearch, make_sampler
+from autoside.tune.space import load_space, space_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = space_from_dict(
+    {
+        "families": {
+            "linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.9, "step": 0.1}},
+            "dtl": {"rank": {"type": "int", "low": 1, "high": 16}, "merge_from": 6},
+        }
+    }
+)
+DIRECTIONS = ["maximize", "minimize"]
+
+
+def add(study: optuna.Study, family: str, knobs: dict, values: list[float] | None, *, memory_excess: float = -1.0):
+    """A finished (``values``) or running (``None``) trial of ``family`` with ``knobs`` and a memory constraint."""
+    fam = next(f for f in SPACE.families if f.family == family)
+    dists = {"family": optuna.distributions.CategoricalDistribution(SPACE.family_names)}
+    dists.update({f"{family}/{p.name}": p.distribution() for p in fam.params})
+    params = {"family": family, **{f"{family}/{k}": v for k, v in knobs.items()}}
+    if values is None:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=dists))
+    else:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dists, values=values, constraints={"memory": memory_excess}
+            )
+        )
+
+
+def ask(sampler: FamilyGPSampler, study: optuna.Study) -> dict:
+    trial = study.ask()
+    SPACE.suggest(trial)
+    return trial.params
+
+
+@pytest.mark.parametrize("better", ["low", "high"])
+def test_a_familys_knobs_follow_its_own_results(better: str) -> None:
+    """Same parameters tried, opposite results: the proposal moves to the better end, so the knob is modelled by the
+    family's GP (a sampler that draws it independently of the results would propose the same value both times)."""
+    sampler = FamilyGPSampler(SPACE, seed=0, exploration=0.0)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    for rank in (1, 4, 8, 12, 16):
+        acc = rank / 16 if better == "high" else 1 - rank / 16
+        add(study, "dtl", {"rank": rank}, [acc, 100.0])
+    add(study, "linear", {"dropout": 0.0}, [0.01, 100.0])
+    add(study, "linear", {"dropout": 0.5}, [0.01, 100.0])
+    params = ask(sampler, study)
+    assert params["family"] == "dtl"  # the better front; linear's two points are worthless
+    assert params["dtl/rank"] >= 13 if better == "high" else params["dtl/rank"] <= 3, params
+
+
+def test_the_sub_study_holds_the_familys_trials_with_their_constraint_and_running_ones_pending() -> None:
+    sampler = FamilyGPSampler(SPACE, seed=0)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    add(study, "dtl", {"rank": 2}, [0.5, 10.0])
+    add(study, "dtl", {"rank": 9}, [0.0, 30.0], memory_excess=5.0)  # infeasible: over the budget
+    add(study, "linear", {"dropout": 0.3}, [0.4, 1.0])
+    add(study, "dtl", {"rank": 5}, None)  # running on another worker
+    dists = {"dtl/rank": SPACE.families[1].params[0].distribution()}
+    trials = [t for t in study.get_trials() if t.params["family"] == "dtl"]
+    sub = sampler.family_study(study, trials, dists)
+    rows = [(t.state, t.params, t.values, t.constraints) for t in sub.get_trials()]
+    assert rows == [
+        (TrialState.COMPLETE, {"dtl/rank": 2}, [0.5, 10.0], {"memory": -1.0}),
+        (TrialState.COMPLETE, {"dtl/rank": 9}, [0.0, 30.0], {"memory": 5.0}),
+        (TrialState.RUNNING, {"dtl/rank": 5}, None, {}),
+    ]
+
+
+def test_the_bandit_takes_the_better_front_skips_exhausted_families_and_counts_running_trials() -> None:
+    small = space_from_dict(
+        {
+            "families": {
+                "linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.1}},  # two configurations
+                "dtl": {"rank": {"type": "int", "low": 1, "high": 16}, "merge_from": 6},
+            }
+        }
+    )
+    sampler = FamilyGPSampler(small, seed=0, exploration=0.0)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    add(study, "linear", {"dropout": 0.0}, [0.9, 1.0])
+    add(study, "dtl", {"rank": 3}, [0.5, 50.0])
+    add(study, "dtl", {"rank": 4}, None)  # running: dtl is past its start-up trials, linear is not
+    trial = study.ask()
+    assert sampler.pick_family(study, trial.number) == "linear"
+    study.tell(trial, state=TrialState.FAIL)
+    add(study, "linear", {"dropout": 0.1}, [0.9, 1.0])
+    scores = sampler.family_scores(study, {"linear": study.get_trials()[:1], "dtl": study.get_trials()[1:2]})
+    assert scores["linear"] > scores["dtl"] > 0
+    trial = study.ask()
+    # linear's front is better, but both of its configurations are tried
+    assert sampler.pick_family(study, trial.number) == "dtl"
+
+
+def test_a_demo_search_walks_only_the_chosen_family_and_a_resume_continues(tmp_path: Path) -> None:
+    """Through the search's own searcher (dedup, constraint, tell) on the demo space with a made-up objective; then a
+    second driver on the same storage, as ``--resume`` builds it, keeps every family's history."""
+    space = load_space(ROOT / "search_spaces" / "demo.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    seen = set()
+
+    def run(n: int, told: int) -> None:
+        searcher = AutosideOptunaSearch(
+            space,
+            objectives=("accuracy", "memory"),
+            sampler=make_sampler("auto", seed=0, num_samples=24, space=space, told=told),
+            storage=storage,
+            study_name="s",
+            budget_bytes=100,
+        )
+        for i in range(n):
+            params = searcher.suggest(f"{told}-{i}")["params"]
+            assert {k.split("/")[0] for k in params} == {"family", params["family"]}
+            key = tuple(sorted(params.items()))
+            assert key not in seen
+            seen.add(key)
+            config = space.config_from_params(params)
+            memory = {"linear": 5, "losa": 40, "dtl": 90}[config.family] + len(seen)
+            searcher.on_trial_complete(
+                f"{told}-{i}",
+                {"autoside_status": "ok", "val_accuracy": 0.5 + 0.01 * len(seen), "peak_memory_bytes": memory},
+            )
+
+    run(8, 0)
+    run(6, 8)
+    study = optuna.load_study(study_name="s", storage=storage)
+    families = [t.params["family"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert {f: families.count(f) >= 2 for f in space.family_names} == dict.fromkeys(space.family_names, True)
+    assert len(seen) == 14
