@@ -535,7 +535,7 @@ class Progress:
     def duplicate(self, number: int, original: int, params: dict[str, Any]) -> None:
         choices = ", ".join(
             f"{k.split('/', 1)[-1]}={canonical_float(v) if isinstance(v, float) else v}"
-            for k, v in params.items()
+            for k, v in self.state.space.on_grid(params).items()
             if k != "family"
         )
         self.print(

@@ -59,15 +59,18 @@ class Param:
     def suggest(self, trial: Any, prefix: str) -> Any:
         key = f"{prefix}/{self.name}"
         if self.type == "float":
-            value = trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
-            if self.step is None:
-                return value
-            # Samplers return stepped floats off the grid by a rounding error (GP: 0.19999999999999996 for 0.2,
-            # 6.9e-18 for 0.0); the config gets the grid value, so equal choices are one configuration.
-            return canonical_float(self.low + round((value - self.low) / self.step) * self.step)
+            return self.on_grid(trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step))
         if self.type == "int":
             return trial.suggest_int(key, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))
+
+    def on_grid(self, value: Any) -> Any:
+        """A stepped float at its grid value. Samplers return them off the grid by a rounding error (GP:
+        0.19999999999999996 for 0.2, 6.9e-18 for 0.0); the config gets the grid value, so equal choices are one
+        configuration."""
+        if self.type != "float" or self.step is None:
+            return value
+        return canonical_float(self.low + round((value - self.low) / self.step) * self.step)
 
     def distribution(self) -> Any:
         """The knob as the Optuna distribution :meth:`suggest` asks for (a sub-study asks with it)."""
@@ -167,6 +170,11 @@ class SearchSpace:
         holds the other families' unused knobs)."""
         family = params.get("family")
         return {k: v for k, v in params.items() if k == "family" or k.startswith(f"{family}/")}
+
+    def on_grid(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Trial parameters with each stepped float at its grid value (see :meth:`Param.on_grid`), for display."""
+        knobs = {f"{fam.family}/{p.name}": p for fam in self.families for p in fam.params}
+        return {k: knobs[k].on_grid(v) if k in knobs else v for k, v in params.items()}
 
     def config_from_params(self, params: dict[str, Any]) -> SideConfig:
         """Replay a trial's parameters through :meth:`suggest` (export uses this to rebuild a trial's config)."""

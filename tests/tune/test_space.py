@@ -48,6 +48,8 @@ def test_stepped_float_is_put_on_its_grid() -> None:
     for sampled, grid in ((0.19999999999999996, 0.2), (6.938893903907228e-18, 0.0), (0.30000000000000004, 0.3)):
         config = space.config_from_params({"family": "linear", "linear/dropout": sampled})
         assert config.dropout == grid  # exactly: one configuration, and its file and the console show the grid value
+        params = {"family": "linear", "linear/dropout": sampled}
+        assert space.on_grid(params) == {"family": "linear", "linear/dropout": grid}  # a repeat's console line
 
 
 def test_fixed_knob_is_not_searched() -> None:
