@@ -47,12 +47,12 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         exploration: float = 0.25,
     ) -> None:
         self.space = space
-        self.family_startup = family_startup
+        self.family_startup = max(1, family_startup)  # UCB needs every open family tried once
         self.gp_startup = gp_startup
         self.exploration = exploration
         self._rng = np.random.default_rng(seed)
         self._random = optuna.samplers.RandomSampler(seed=int(self._rng.integers(2**31)))
-        self._sizes = {f.family: _size(f.params) for f in space.families}
+        self._sizes = {f.family: f.size() for f in space.families}
         self._proposal: tuple[int, dict[str, Any] | None] | None = None  # (trial id, knobs proposed for it)
 
     def reseed_rng(self) -> None:
@@ -116,8 +116,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         size = self._sizes[family]
         if size is None:
             return False
-        prefix = f"{family}/"
-        tried = {tuple(sorted((k, repr(v)) for k, v in t.params.items() if k.startswith(prefix))) for t in trials}
+        tried = {repr(sorted(self.space.on_grid(self.space.active(t.params)).items())) for t in trials}
         return len(tried) >= size
 
     # -- the family's knobs ------------------------------------------------------------------------------------------
@@ -157,11 +156,6 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
                     optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=distributions)
                 )
         return sub
-
-
-def _size(params: Sequence[Any]) -> int | None:
-    counts = [p.count() for p in params]
-    return None if None in counts else math.prod(counts)
 
 
 def _trials_by_family(study: optuna.Study, *, exclude: int) -> dict[str, list[FrozenTrial]]:

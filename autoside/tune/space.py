@@ -122,6 +122,11 @@ class FamilySpace:
     params: tuple[Param, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    def size(self) -> int | None:
+        """Distinct configurations of the family (``None``: infinite, a float is continuous); knob-less is one."""
+        counts = [p.count() for p in self.params]
+        return None if None in counts else math.prod(counts)
+
     def kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """The family's config keywords for the values of its params (list knobs put back together)."""
         out = {k: _fill(v, values) for k, v in self.fixed.items()}
@@ -211,15 +216,9 @@ class SearchSpace:
             raise ConfigError(f"search space {self.name!r} on backbone {spec.name!r}: {joined}")
 
     def size(self) -> int | None:
-        """Distinct configurations in the space (``None``: infinite, some float is continuous); a knob-less family
-        such as ``full`` is one configuration."""
-        total = 0
-        for fam in self.families:
-            counts = [p.count() for p in fam.params]
-            if None in counts:
-                return None
-            total += math.prod(counts)
-        return total
+        """Distinct configurations in the space (``None``: infinite, some float is continuous)."""
+        sizes = [fam.size() for fam in self.families]
+        return None if None in sizes else sum(sizes)
 
     def grid(self) -> Iterator[dict[str, Any]]:
         """The parameters of every configuration of a finite space (:meth:`size` is not ``None``), family by family."""
