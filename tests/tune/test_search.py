@@ -165,13 +165,18 @@ def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: p
     from autoside.tune.api import SearchOptions
     from autoside.tune.driver import DriverState, Progress
 
+    from autoside.tune.space import space_from_dict
+
     meta = {"name": "p", "budget_bytes": 2**20}
-    state = DriverState(tmp_path, meta, None, None, SearchOptions(), study_name="p", storage=None, context=None)
-    Progress(state).duplicate(7, 3, {"family": "linear", "linear/dropout": 0.19999999999999996})
-    line = capsys.readouterr().out.strip()
-    assert line == (
-        "proposal 7 repeats trial 0003 (linear: dropout=0.2): not trained again, its result told to the sampler"
-    )
+    space = space_from_dict(SPACE)
+    state = DriverState(tmp_path, meta, space, None, SearchOptions(), study_name="p", storage=None, context=None)
+    # Stepped floats as a GP returns them, shown at their grid value (what the trial's config holds).
+    for sampled, shown in ((0.19999999999999996, "0.2"), (6.938893903907228e-18, "0.0")):
+        Progress(state).duplicate(7, 3, {"family": "linear", "linear/dropout": sampled})
+        line = capsys.readouterr().out.strip()
+        assert line == (
+            f"proposal 7 repeats trial 0003 (linear: dropout={shown}): not trained again, its result told to the sampler"
+        )
 
 
 def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
