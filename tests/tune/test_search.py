@@ -164,7 +164,6 @@ def test_progress_shows_no_accuracy_for_infeasible(tmp_path: Path, capsys: pytes
 def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from autoside.tune.api import SearchOptions
     from autoside.tune.driver import DriverState, Progress
-
     from autoside.tune.space import space_from_dict
 
     meta = {"name": "p", "budget_bytes": 2**20}
@@ -175,7 +174,8 @@ def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: p
         Progress(state).duplicate(7, 3, {"family": "linear", "linear/dropout": sampled})
         line = capsys.readouterr().out.strip()
         assert line == (
-            f"proposal 7 repeats trial 0003 (linear: dropout={shown}): not trained again, its result told to the sampler"
+            f"proposal 7 repeats trial 0003 (linear: dropout={shown}): not trained again, "
+            "its result told to the sampler"
         )
 
 
