@@ -53,7 +53,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._random = optuna.samplers.RandomSampler(seed=int(self._rng.integers(2**31)))
         self._sizes = {f.family: f.size() for f in space.families}
-        self._proposal: tuple[int, dict[str, Any] | None] | None = None  # (trial id, knobs proposed for it)
+        self._proposal: tuple[int, dict[str, Any] | None] | None = None  # (trial number, knobs proposed for it)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -73,8 +73,8 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         if param_name == "family":
             return self.pick_family(study, trial.number)
         family = param_name.split("/", 1)[0]
-        if self._proposal is None or self._proposal[0] != trial._trial_id:
-            self._proposal = (trial._trial_id, self.propose_knobs(study, trial.number, family))
+        if self._proposal is None or self._proposal[0] != trial.number:
+            self._proposal = (trial.number, self.propose_knobs(study, trial.number, family))
         knobs = self._proposal[1]
         if knobs is None or param_name not in knobs:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
