@@ -11,8 +11,9 @@ budget) and found the cheap LoSA region once. Here each trial first picks a fami
   configuration has been tried is skipped. Running trials count, so parallel workers spread over the families.
 * **Knobs**: an in-memory sub-study holds the family's finished trials of the search (their values and their memory
   constraint, so infeasible ones still teach where the wall is) and its running trials (as pending points); Optuna's
-  GP proposes the next point in that family's own space. Until a family has ``gp_startup`` finished trials its knobs
-  are drawn at random.
+  GP proposes the next point in that family's own space; when that point was tried already, an untried configuration
+  of the family is drawn instead (a GP on a small family keeps returning to its best point, and each repeat would be
+  told, not trained, and asked again). Until a family has ``gp_startup`` finished trials its knobs are drawn at random.
 
 Everything is rebuilt from the search's Optuna study on each ask, so a resumed search continues with what it knew.
 On the demo space, hypervolume after 24 trials, ten seeds: see ``benchmarks/README.md``.
@@ -30,6 +31,7 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from autoside.tune.dedup import GRID_WALK_MAX
 from autoside.tune.pareto import hypervolume
 from autoside.tune.space import SearchSpace
 
@@ -114,10 +116,15 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
 
     def _exhausted(self, family: str, trials: Sequence[FrozenTrial]) -> bool:
         size = self._sizes[family]
-        if size is None:
-            return False
-        tried = {repr(sorted(self.space.on_grid(self.space.active(t.params)).items())) for t in trials}
-        return len(tried) >= size
+        return size is not None and len(self._tried(trials)) >= size
+
+    def _tried(self, trials: Sequence[FrozenTrial]) -> set[str]:
+        return {self._key(self.space.active(t.params)) for t in trials}
+
+    def _key(self, params: dict[str, Any]) -> str:
+        """One family's configuration as a string: its knobs with stepped floats on their grid (a GP's 6.9e-18 is
+        the 0.0 tried before)."""
+        return repr(sorted(self.space.on_grid(params).items()))
 
     # -- the family's knobs ------------------------------------------------------------------------------------------
     def propose_knobs(self, study: optuna.Study, number: int, family: str) -> dict[str, Any] | None:
@@ -131,8 +138,14 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         if len(finished) < self.gp_startup:
             return None
         sub = self.family_study(study, trials, distributions)
-        proposal = sub.ask(fixed_distributions=distributions)
-        return dict(proposal.params)
+        proposal = dict(sub.ask(fixed_distributions=distributions).params)
+        tried, size = self._tried(trials), self._sizes[family]
+        if self._key({"family": family, **proposal}) not in tried or size is None or size > GRID_WALK_MAX:
+            return proposal
+        untried = [p for p in fam.grid() if self._key(p) not in tried]
+        if not untried:
+            return proposal
+        return {k: v for k, v in untried[int(self._rng.integers(len(untried)))].items() if k != "family"}
 
     def family_study(
         self, study: optuna.Study, trials: Sequence[FrozenTrial], distributions: dict[str, BaseDistribution]

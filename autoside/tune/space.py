@@ -127,6 +127,12 @@ class FamilySpace:
         counts = [p.count() for p in self.params]
         return None if None in counts else math.prod(counts)
 
+    def grid(self) -> Iterator[dict[str, Any]]:
+        """The parameters (``family`` and its knobs) of every configuration of the family (:meth:`size` finite)."""
+        names = [f"{self.family}/{p.name}" for p in self.params]
+        for combo in itertools.product(*(p.values() for p in self.params)):
+            yield {"family": self.family, **dict(zip(names, combo, strict=True))}
+
     def kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """The family's config keywords for the values of its params (list knobs put back together)."""
         out = {k: _fill(v, values) for k, v in self.fixed.items()}
@@ -224,9 +230,7 @@ class SearchSpace:
     def grid(self) -> Iterator[dict[str, Any]]:
         """The parameters of every configuration of a finite space (:meth:`size` is not ``None``), family by family."""
         for fam in self.families:
-            names = [f"{fam.family}/{p.name}" for p in fam.params]
-            for combo in itertools.product(*(p.values() for p in fam.params)):
-                yield {"family": fam.family, **dict(zip(names, combo, strict=True))}
+            yield from fam.grid()
 
 
 def load_space(path: str | Path) -> SearchSpace:
