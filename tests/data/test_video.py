@@ -185,6 +185,44 @@ def test_clip_source_is_part_of_the_task_name(tmp_path: Path) -> None:
         video_tasks.opencv_clips(tmp_path)
 
 
+def test_builtin_tasks_cut_the_users_own_footage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``dataset.root``: every video file under the folder is a source clip; each clip's gray rises frame by frame,
+    so a forward window rises and a reversed one falls."""
+    root = tmp_path / "footage"
+    (root / "more").mkdir(parents=True)
+    write_video(root / "a.mp4", [4 * i for i in range(60)])
+    write_video(root / "more" / "b.MOV", [20 + 3 * i for i in range(60)])
+    (root / "notes.txt").write_text("not a video")
+    options = {"root": str(root), "train_size": 12, "val_size": 4, "test_size": 8, "frames": 4, "frame_size": 16}
+    task = load_task(DatasetConfig(name="arrow_of_time", frame_stride=2, **options))
+    assert task.train.images.shape == (12, 4, 3, 16, 16) and len(task.test) == 8
+    for split in (task.train, task.test):
+        rising = split.images.float().mean(dim=(2, 3, 4)).diff(dim=1).mean(dim=1) > 0
+        assert torch.equal(rising, split.labels == 0)
+    speed = load_task(DatasetConfig(name="playback_speed", **options))
+    steps = speed.train.images.float().mean(dim=(2, 3, 4)).diff(dim=1).mean(dim=1)
+    assert set(speed.train.labels.tolist()) == {0, 1, 2} and (steps[speed.train.labels == 2] > 8).all()
+
+    with pytest.raises(ConfigError, match=r"^dataset\.root: 'arrow_of_time/opencv' already names its clips"):
+        load_task(DatasetConfig(name="arrow_of_time/opencv", **options))
+    short = write_video(root / "short.mp4", [10, 40, 70])
+    with pytest.raises(DataError, match=f"^{short}: 3 frames, shorter than one window of 7 .*--skip-bad-videos"):
+        load_task(DatasetConfig(name="arrow_of_time", frame_stride=2, **options))
+    short.unlink()
+    corrupt = root / "more" / "corrupt.avi"
+    corrupt.write_bytes(b"\x00\x01 not a video" * 50)
+    with pytest.raises(DataError, match=f"^{corrupt}: not a readable video"):
+        load_task(DatasetConfig(name="arrow_of_time", **options))
+    with caplog.at_level(logging.WARNING, logger="autoside"):
+        skipped = load_task(DatasetConfig(name="arrow_of_time", skip_bad_videos=True, **options))
+    assert len(skipped.train) == 12 and "skipped 1 bad videos" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=f"^dataset\\.root: no video files under {tmp_path / 'empty'}"):
+        load_task(DatasetConfig(name="arrow_of_time", **{**options, "root": str(tmp_path / "empty")}))
+    with pytest.raises(DataError, match=f"^dataset\\.root: {root / 'a.mp4'} is not a folder of video files"):
+        load_task(DatasetConfig(name="arrow_of_time", **{**options, "root": str(root / "a.mp4")}))
+
+
 @pytest.mark.skipif(
     not Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi").is_file(), reason="Debian's opencv-doc not installed"
 )
