@@ -20,7 +20,8 @@ side network. Families without stage maps are skipped.
 
 With ``--frames T`` the inputs are clips ``(B, T, 3, S, S)`` and the rows are the video families at their defaults
 (Side4Video's are the paper's ViT-B/16 setting: s = 320, every layer, temporal conv, CLS shift) against full
-fine-tuning of the same backbone applied frame by frame, its logits averaged over time (TSN-style).
+fine-tuning of the same backbone applied frame by frame, its logits averaged over time (TSN-style), plus three
+smaller Side4Video designs of the kind ``search_spaces/video.yaml`` searches (narrower, fewer layers).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cst_resnet50", "cst_resnet50", {}),
     ("cst_det_resnet4s_fmnist", "cst_det_resnet4s_fmnist", {}),
     ("cst_det_resnet4s_fmnist (3/4 pruned)", "cst_det_resnet4s_fmnist", {"prune_ratio": 0.75}),
+]
+VIDEO_EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [  # smaller Side4Video designs the video space can pick
+    ("side4video (s=128)", "side4video", {"side_width": 128}),
+    ("side4video (top_half)", "side4video", {"layer_set": "top_half"}),
+    ("side4video (s=128, every_other)", "side4video", {"side_width": 128, "layer_set": "every_other"}),
 ]
 
 
@@ -151,7 +157,7 @@ def rows_to_plan(video: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
     if video:
         families = [f for f in families if get_family(f).modality == "video"]
     plan = [("full", "full", {})] + [(f, f, {}) for f in families if f != "full"]
-    return plan + ([] if video else [row for row in EXTRA_ROWS if row[1] in names])
+    return plan + (VIDEO_EXTRA_ROWS if video else [row for row in EXTRA_ROWS if row[1] in names])
 
 
 def render(rows: list[Row], args: argparse.Namespace, device_name: str) -> tuple[Any, str]:

@@ -18,9 +18,38 @@ from autoside.cli import train, catalog, pretrain, tune, export, cache  # noqa: 
 from autoside.cli.registry import COMMANDS
 from autoside.errors import AutosideError
 
+STACK = ("torch", "torchvision", "timm", "ray", "optuna", "mlflow", "torch-pruning", "safetensors")
+
+
+def version_line() -> str:
+    """autoside's version and the installed versions of the stack it drives (read from package metadata, so
+    nothing heavy is imported): what a bug report needs."""
+    import platform
+    from importlib import metadata
+
+    import autoside
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{name} {installed(name)}" for name in STACK)
+    return f"autoside {autoside.__version__} ({stack}; Python {platform.python_version()})"
+
+
+class _Version(argparse.Action):
+    """Like argparse's ``version`` action, but on one unwrapped line and computed only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_line())
+        parser.exit()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoside", description="Search side networks for frozen vision backbones.")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of autoside and its stack")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -71,6 +71,15 @@ def test_usage_errors_exit_2(tmp_path):
     assert autoside("train", str(tmp_path / "missing.yaml")).stderr.count("\n") == 1
 
 
+def test_version_names_autoside_and_its_stack():
+    from importlib import metadata
+
+    proc = autoside("--version")
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc.stderr
+    assert proc.stdout.startswith("autoside 0.1.0 (torch ")
+    assert f"timm {metadata.version('timm')}" in proc.stdout and f"ray {metadata.version('ray')}" in proc.stdout
+
+
 def test_listings():
     proc = autoside("backbones", "--json")
     assert proc.returncode == 0 and "tf_efficientnet_lite0" in json.loads(proc.stdout)
