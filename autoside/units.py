@@ -49,12 +49,13 @@ def parse_bytes(value: str | int | float | None, *, field: str = "memory_budget"
 
 
 def format_bytes(n: float | None) -> str:
-    """Binary units with three significant digits, e.g. ``1.53 GiB``."""
+    """Binary units with three significant digits, e.g. ``1.53 GiB``; 1000-1023 of a unit are shown in the next one
+    (``0.986 GiB``), since three digits cannot hold four."""
     if n is None:
         return "-"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+        if abs(n) < (1024 if unit == "B" else 1000) or unit == "TiB":
             break
         n /= 1024
     return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"

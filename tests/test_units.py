@@ -31,3 +31,6 @@ def test_format_bytes():
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 1024**3) == "3 GiB"
     assert format_bytes(5 * 1024**4) == "5 TiB"
+    assert format_bytes(1010 * 1024**2) == "0.986 GiB"  # not 1.01e+03 MiB
+    assert format_bytes(1000 * 1024) == "0.977 MiB" and format_bytes(999 * 1024) == "999 KiB"
+    assert format_bytes(1023) == "1023 B"
