@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 
 from autoside.cli.registry import command
@@ -21,25 +22,38 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("backbones", "list backbones whose pretrained weights load offline")(_no_args)
+def _pattern(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter on the names, e.g. 'dtl*' (as timm)")
+    _no_args(p)
+
+
+@command("backbones", "list backbones whose pretrained weights load offline")(_pattern)
 def _backbones(args: argparse.Namespace) -> int:
     from autoside.backbones import offline_weights
 
-    rows = {name: s.description for name, s in offline_weights().items()}
+    rows = {name: s.description for name, s in offline_weights().items() if fnmatch.fnmatch(name, args.pattern)}
     print(json.dumps(rows, indent=2) if args.json else "\n".join(f"{k:24s} {v}" for k, v in rows.items()))
     if not args.json:
         print("any other timm model name works with weights: random, backbone.checkpoint=PATH or a cached download")
     return 0
 
 
-@command("sidenets", "list registered side-network families and presets")(_no_args)
+@command("sidenets", "list registered side-network families and presets")(_pattern)
 def _sidenets(args: argparse.Namespace) -> int:
-    from autoside.sidenets import list_families, list_sidenets
+    from autoside.sidenets import describe_sidenet, list_families, list_sidenets
 
-    families, presets = list_families(), [n for n in list_sidenets() if n not in list_families()]
+    names = list_sidenets(args.pattern)
+    families = {n: describe_sidenet(n)[1] for n in names if n in list_families()}
+    presets = {n: dict(zip(("family", "description"), describe_sidenet(n))) for n in names if n not in families}
     if args.json:
         print(json.dumps({"families": families, "presets": presets}, indent=2))
-    else:
-        print("families: " + ", ".join(families))
-        print("presets:  " + ", ".join(presets))
+        return 0
+    width = max(map(len, names), default=0)
+    print("families:")
+    print("\n".join(f"  {n:{width}s}  {d}" for n, d in families.items()) or "  (none matches)")
+    print("presets (family: description):")
+    print(
+        "\n".join(f"  {n:{width}s}  {p['family']}: {p['description']}" for n, p in presets.items())
+        or "  (none matches)"
+    )
     return 0

@@ -61,6 +61,15 @@ def list_sidenets(filter: str = "*") -> list[str]:
     return sorted(n for n in {*_FAMILIES, *_PRESETS} if fnmatch.fnmatch(n, filter))
 
 
+def describe_sidenet(name: str) -> tuple[str, str]:
+    """A preset's or family's family and one-line description (the first paragraph of its docstring)."""
+    _ensure_loaded()
+    family, doc = (
+        (_PRESETS[name][0], _PRESETS[name][1].__doc__) if name in _PRESETS else (name, get_family(name).__doc__)
+    )
+    return family, " ".join((doc or "").strip().split("\n\n", 1)[0].split())
+
+
 def get_family(name: str) -> type[SideNet]:
     _ensure_loaded()
     if name not in _FAMILIES:

@@ -87,3 +87,23 @@ def test_listings():
     assert {"animal_mnist", "digits", "lfw_subset", "imagefolder", "torchvision"} <= set(json.loads(proc.stdout))
     proc = autoside("sidenets", "--json")
     assert {"linear", "full"} <= set(json.loads(proc.stdout)["families"])
+
+
+def test_listings_filter_names_like_timm_and_describe_presets():
+    listed = json.loads(autoside("sidenets", "dtl*", "--json").stdout)
+    assert list(listed["families"]) == ["dtl"] and "written back" in listed["families"]["dtl"]
+    assert set(listed["presets"]) == {
+        "dtl_plus_vit12_fmnist",
+        "dtl_plus_vit_b16",
+        "dtl_swin_b",
+        "dtl_vit12_fmnist",
+        "dtl_vit_b16",
+    }
+    assert listed["presets"]["dtl_vit_b16"] == {
+        "family": "dtl",
+        "description": "Official ViT-B/16 VTAB recipe: r = 2, all 12 blocks tapped, M = 7, beta = 100, drop-path 0.1 "
+        "(0.1 or 0.2 per task in the official scripts).",
+    }
+    text = autoside("sidenets", "side4video_*").stdout
+    assert "side4video_vit_b16       side4video: CLIP ViT-B/16 as in the paper: s = 320" in text and "dtl" not in text
+    assert list(json.loads(autoside("backbones", "*fmnist", "--json").stdout)) == ["resnet4s_fmnist", "vit12_fmnist"]
