@@ -14,6 +14,7 @@ Features come from timm's ``forward_intermediates``, so every timm ViT, Swin and
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
@@ -373,8 +374,9 @@ def _verify(source: WeightsSource) -> Path:
     return source.path
 
 
-def list_backbones() -> list[str]:
-    return sorted(offline_weights())
+def list_backbones(filter: str = "*") -> list[str]:
+    """Backbones whose pretrained weights load offline, matching a shell-style pattern (as ``timm.list_models``)."""
+    return sorted(n for n in offline_weights() if fnmatch.fnmatch(n, filter))
 
 
 def create_backbone(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 
 from autoside.cli.registry import command
@@ -29,9 +28,9 @@ def _pattern(p: argparse.ArgumentParser) -> None:
 
 @command("backbones", "list backbones whose pretrained weights load offline")(_pattern)
 def _backbones(args: argparse.Namespace) -> int:
-    from autoside.backbones import offline_weights
+    from autoside.backbones import list_backbones, offline_weights
 
-    rows = {name: s.description for name, s in offline_weights().items() if fnmatch.fnmatch(name, args.pattern)}
+    rows = {name: offline_weights()[name].description for name in list_backbones(args.pattern)}
     print(json.dumps(rows, indent=2) if args.json else "\n".join(f"{k:24s} {v}" for k, v in rows.items()))
     if not args.json:
         print("any other timm model name works with weights: random, backbone.checkpoint=PATH or a cached download")
