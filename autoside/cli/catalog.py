@@ -30,7 +30,8 @@ def _pattern(p: argparse.ArgumentParser) -> None:
 def _backbones(args: argparse.Namespace) -> int:
     from autoside.backbones import list_backbones, offline_weights
 
-    rows = {name: offline_weights()[name].description for name in list_backbones(args.pattern)}
+    weights = offline_weights()
+    rows = {name: weights[name].description for name in list_backbones(args.pattern)}
     print(json.dumps(rows, indent=2) if args.json else "\n".join(f"{k:24s} {v}" for k, v in rows.items()))
     if not args.json:
         print("any other timm model name works with weights: random, backbone.checkpoint=PATH or a cached download")
@@ -41,8 +42,8 @@ def _backbones(args: argparse.Namespace) -> int:
 def _sidenets(args: argparse.Namespace) -> int:
     from autoside.sidenets import describe_sidenet, list_families, list_sidenets
 
-    names = list_sidenets(args.pattern)
-    families = {n: describe_sidenet(n)[1] for n in names if n in list_families()}
+    names, family_names = list_sidenets(args.pattern), set(list_families())
+    families = {n: describe_sidenet(n)[1] for n in names if n in family_names}
     presets = {n: dict(zip(("family", "description"), describe_sidenet(n))) for n in names if n not in families}
     if args.json:
         print(json.dumps({"families": families, "presets": presets}, indent=2))

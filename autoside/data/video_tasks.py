@@ -211,7 +211,6 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
         test_size: int | None,
         seed: int,
         skip_bad: bool = False,
-        **_: object,
     ) -> Task:
         strides = tuple((sampling.frame_stride or 1) * s for s in speeds)
         span = window_span(sampling.frames, strides)
