@@ -149,6 +149,8 @@ class TemporalKnobs:
     shift_fraction: float = 0.25
 
     def check_temporal(self) -> None:
+        """Validate the knobs; then those of a module not chosen are put at their defaults (see
+        ``SideConfig._unused``)."""
         for name in ("temporal_kernel", "temporal_spatial_kernel"):
             value = getattr(self, name)
             if value < 1 or value % 2 == 0:
@@ -157,6 +159,10 @@ class TemporalKnobs:
             raise ConfigError(f"sidenet.temporal_ratio: must be positive, got {self.temporal_ratio}")
         if not 0 < self.shift_fraction <= 1:
             raise ConfigError(f"sidenet.shift_fraction: must be in (0, 1], got {self.shift_fraction}")
+        if self.temporal != "conv":
+            self._unused(temporal_kernel=None, temporal_spatial_kernel=None, temporal_ratio=None)
+        if self.temporal != "shift":
+            self._unused(shift_fraction=None)
 
     def build_temporal(self, dim: int, heads: int = 1) -> nn.Module | None:
         """The chosen temporal module of width ``dim`` (``heads`` for ``attn``)."""

@@ -42,6 +42,13 @@ class SideConfig:
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Reject configs that cannot work on this backbone (rank > width, block index out of range, ...)."""
 
+    def _unused(self, **values: Any) -> None:
+        """Put knobs that do not shape this configuration (a conv kernel with no conv) at a fixed value (default:
+        the field's default), so two settings that build and train the same network are one config: to the search's
+        de-duplication, its Pareto set and an export. Called from ``__post_init__``."""
+        for name, value in values.items():
+            object.__setattr__(self, name, self.__dataclass_fields__[name].default if value is None else value)
+
 
 def require(condition: bool, field: str, message: str) -> None:
     """Raise a ConfigError naming ``sidenet.<field>`` unless ``condition`` holds."""

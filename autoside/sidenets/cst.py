@@ -62,17 +62,18 @@ class CSTConfig(SideConfig):
         gate: ``mtc``, ``scalar`` (LST), ``channel`` or ``spatial``.
         writes_back: the calibrated feature feeds the next backbone stage (True) or only the head (False).
         prune_ratio: share of channels pruned in every stage, in [0, 1).
-        stage_prune_ratios: one ratio per backbone stage instead (empty: ``prune_ratio`` everywhere; stages before
-            ``first_stage`` are not copied, so their ratios are unused).
+        stage_prune_ratios: one ratio per backbone stage instead (empty: ``prune_ratio`` everywhere, which is
+            otherwise unused; stages before ``first_stage`` are not copied, so their ratios are unused and kept at 0).
         importance: channel importance for pruning: ``magnitude``, ``taylor`` or ``bn_scale``.
         round_to: pruned widths are multiples of this.
         drop_blocks: residual blocks removed from the side copy, later stages first (each stage keeps one).
         init: side weights from the pruned ``copy`` of the frozen backbone, or ``random``.
         lambda_feat: weight of the feature distillation loss.
         lambda_kd: weight of the logit distillation loss.
-        temperature: temperature of the logit distillation.
-        distill_epochs: first epochs that train on the distillation losses only (no effect when both lambdas are 0,
-            so that a search space can vary them independently).
+        temperature: temperature of the logit distillation (unused, and kept at its default, when ``lambda_kd``
+            is 0).
+        distill_epochs: first epochs that train on the distillation losses only (unused, and kept at 0, when both
+            lambdas are 0, so that a search space can vary them independently).
         dropout: dropout before the classifier.
         widths: the pruned side network's convolution widths (side stage 0 is backbone stage ``first_stage``);
             filled in when the side network is built.
@@ -107,6 +108,14 @@ class CSTConfig(SideConfig):
         require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
         require(self.distill_epochs >= 0, "distill_epochs", f"must be >= 0, got {self.distill_epochs}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        # Valid knobs that shape nothing here are kept at fixed values (see ``SideConfig._unused``).
+        if self.stage_prune_ratios:
+            first = min(self.first_stage, len(self.stage_prune_ratios))
+            self._unused(prune_ratio=None, stage_prune_ratios=(0.0,) * first + tuple(self.stage_prune_ratios[first:]))
+        if self.lambda_kd == 0:
+            self._unused(temperature=None)
+        if not self.distils:
+            self._unused(distill_epochs=None)
 
     @property
     def distils(self) -> bool:

@@ -37,7 +37,8 @@ class LoSAVideoConfig(LoSAConfig, TemporalKnobs):
     Attributes:
         frames: ``T``, the frames of a clip the side network reads.
         token_mixing: ``factorised`` (spatial per frame, then temporal) or ``joint`` (all ``T*N`` tokens at once).
-        temporal_rank: rank of the temporal token mixer (``factorised``).
+        temporal_rank: rank of the temporal token mixer (``factorised``; with ``joint`` it is unused and kept at
+            its default).
     """
 
     family = "losa_video"
@@ -55,6 +56,8 @@ class LoSAVideoConfig(LoSAConfig, TemporalKnobs):
             "temporal_rank",
             f"must be in 1..{self.frames} (frames), got {self.temporal_rank}",
         )
+        if self.token_mixing == "joint":  # no temporal token mixer: its rank shapes nothing
+            self._unused(temporal_rank=min(type(self).temporal_rank, self.frames))
 
 
 class VideoMixer(nn.Module):

@@ -2,7 +2,8 @@
 
 Two proposals are the same configuration when they replay to the same side config (:func:`config_key`): a
 knob-less family such as ``full`` is one configuration, ints compare as ints and floats at 10 significant digits,
-which absorbs the rounding of stepped floats (``0.30000000000000004`` is ``0.3``).
+which absorbs the rounding of stepped floats (``0.30000000000000004`` is ``0.3``), and a knob that shapes nothing
+with the other choices is already at its default in the config (``SideConfig._unused``).
 
 When the sampler proposes a configuration the search already ran (or is running), the proposal is not trained. Its
 Optuna trial is marked ``duplicate_of`` and told the earlier trial's outcome under its own number (values and

@@ -174,3 +174,82 @@ def test_a_repeat_left_unmarked_by_a_killed_driver_is_not_trained(tmp_path: Path
     assert handed["params"]["family"] == "linear"  # the repeat was not handed out; a new configuration was
     frozen = study.trials[unmarked.number]
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.user_attrs["duplicate_of"] == 0
+
+
+def test_knobs_that_shape_nothing_make_no_new_configuration() -> None:
+    """The shipped video and CST spaces search knobs that only matter with another choice (a conv kernel with no
+    conv, the temporal mixer's rank with joint mixing, a distillation temperature with no distillation, the pruning
+    ratio of a stage that is not copied): settings that differ only there are one configuration, others are not."""
+    from autoside.errors import ConfigError
+    from autoside.sidenets import resolve
+    from autoside.tune.space import load_space
+
+    spaces = Path(__file__).resolve().parents[2] / "search_spaces"
+    video, cst = load_space(spaces / "video.yaml"), load_space(spaces / "cst.yaml")
+
+    def key(space, family: str, **knobs) -> str:  # noqa: ANN001
+        return config_key(
+            space.config_from_params({"family": family, **{f"{family}/{k}": v for k, v in knobs.items()}}).to_dict()
+        )
+
+    s4v = {
+        "side_width": 64,
+        "layer_set": "all",
+        "temporal_kernel": 3,
+        "temporal_spatial_kernel": 1,
+        "shift_fraction": 0.25,
+        "cls_shift": True,
+        "frames": 4,
+        "dropout": 0.0,
+    }
+    for temporal in ("none", "attn"):
+        assert key(video, "side4video", **{**s4v, "temporal": temporal}) == key(
+            video,
+            "side4video",
+            **{**s4v, "temporal": temporal, "temporal_kernel": 7, "temporal_spatial_kernel": 3, "shift_fraction": 0.5},
+        )
+    assert key(video, "side4video", **{**s4v, "temporal": "shift"}) == key(
+        video, "side4video", **{**s4v, "temporal": "shift", "temporal_kernel": 5}
+    )
+    assert key(video, "side4video", **{**s4v, "temporal": "shift"}) != key(
+        video, "side4video", **{**s4v, "temporal": "shift", "shift_fraction": 0.5}
+    )
+    assert key(video, "side4video", **{**s4v, "temporal": "conv"}) != key(
+        video, "side4video", **{**s4v, "temporal": "conv", "temporal_kernel": 5}
+    )
+
+    lv = {"channel_rank": 8, "token_rank": 4, "temporal": "none", "frames": 4, "layer_stride": 1}
+    assert key(video, "losa_video", **lv, token_mixing="joint", temporal_rank=1) == key(
+        video, "losa_video", **lv, token_mixing="joint", temporal_rank=3
+    )
+    assert key(video, "losa_video", **lv, token_mixing="factorised", temporal_rank=1) != key(
+        video, "losa_video", **lv, token_mixing="factorised", temporal_rank=3
+    )
+
+    c = {
+        "first_stage": 2,
+        "gate": "mtc",
+        "writes_back": True,
+        "importance": "magnitude",
+        "drop_blocks": 0,
+        "init": "copy",
+        "lambda_feat": 0.0,
+        "lambda_kd": 0.0,
+        "temperature": 2.0,
+        "distill_epochs": 0,
+        "dropout": 0.0,
+        "stage_prune_ratios/0": 0.0,
+        "stage_prune_ratios/1": 0.0,
+        "stage_prune_ratios/2": 0.5,
+        "stage_prune_ratios/3": 0.5,
+    }
+    assert key(cst, "cst", **c) == key(
+        cst,
+        "cst",
+        **{**c, "temperature": 6.0, "distill_epochs": 2, "stage_prune_ratios/0": 0.75, "stage_prune_ratios/1": 0.25},
+    )
+    assert key(cst, "cst", **{**c, "lambda_kd": 1.0}) != key(cst, "cst", **{**c, "lambda_kd": 1.0, "temperature": 6.0})
+    assert key(cst, "cst", **c) != key(cst, "cst", **{**c, "stage_prune_ratios/2": 0.25})
+    # An unused knob still has to be valid: a bad value is reported, not reset.
+    with pytest.raises(ConfigError, match=r"^sidenet\.temporal_kernel: "):
+        resolve("side4video", temporal="none", temporal_kernel=4)
