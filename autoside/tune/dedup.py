@@ -47,6 +47,17 @@ def config_key(config: dict[str, Any]) -> str:
     return json.dumps(_canonical(config), sort_keys=True)
 
 
+def params_key(space: Any, params: dict[str, Any]) -> str | None:
+    """A trial's parameters as the key of the side config they build; ``None`` for parameters that build none (a
+    trial killed while being sampled has partial parameters)."""
+    from autoside.errors import ConfigError
+
+    try:
+        return config_key(space.config_from_params(params).to_dict())
+    except (ConfigError, ValueError, KeyError):
+        return None
+
+
 class Ledger:
     """The configurations a search has tried, rebuilt from its Optuna study (so it survives a resume)."""
 
@@ -73,12 +84,7 @@ class Ledger:
                 self.resolve(number)
 
     def key(self, params: dict[str, Any]) -> str | None:
-        from autoside.errors import ConfigError
-
-        try:
-            return config_key(self.space.config_from_params(params).to_dict())
-        except (ConfigError, ValueError, KeyError):  # a trial killed while being sampled has partial parameters
-            return None
+        return params_key(self.space, params)
 
     def add(self, number: int, params: dict[str, Any]) -> None:
         """Count a configuration the study already holds (a finished trial, or one running when the driver died)."""

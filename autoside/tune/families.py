@@ -31,7 +31,7 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from autoside.tune.dedup import GRID_WALK_MAX
+from autoside.tune.dedup import GRID_WALK_MAX, params_key
 from autoside.tune.pareto import hypervolume
 from autoside.tune.space import SearchSpace
 
@@ -56,6 +56,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         self._random = optuna.samplers.RandomSampler(seed=int(self._rng.integers(2**31)))
         self._sizes = {f.family: f.size() for f in space.families}
         self._proposal: tuple[int, dict[str, Any] | None] | None = None  # (trial number, knobs proposed for it)
+        self._keys: dict[tuple, str | None] = {}  # a family's knob settings -> the config they build (see _key)
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -115,16 +116,28 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         return out
 
     def _exhausted(self, family: str, trials: Sequence[FrozenTrial]) -> bool:
+        """Every configuration of the family tried: as many as its knob settings, or, where settings collapse into
+        one configuration (a knob that shapes nothing with the others), none left untried on its grid."""
         size = self._sizes[family]
-        return size is not None and len(self._tried(trials)) >= size
+        if size is None:
+            return False
+        tried = self._tried(trials)
+        if len(tried) >= size:
+            return True
+        fam = next(f for f in self.space.families if f.family == family)
+        return size <= GRID_WALK_MAX and all(self._key(p) in tried for p in fam.grid())
 
     def _tried(self, trials: Sequence[FrozenTrial]) -> set[str]:
-        return {self._key(self.space.active(t.params)) for t in trials}
+        return {key for t in trials if (key := self._key(self.space.active(t.params))) is not None}
 
-    def _key(self, params: dict[str, Any]) -> str:
-        """One family's configuration as a string: its knobs with stepped floats on their grid (a GP's 6.9e-18 is
-        the 0.0 tried before)."""
-        return repr(sorted(self.space.on_grid(params).items()))
+    def _key(self, params: dict[str, Any]) -> str | None:
+        """One family's knob settings as the side config they build, as the search's de-duplication keys it: a
+        GP's 6.9e-18 is the 0.0 tried before, and settings that differ only in knobs shaping nothing are one
+        configuration. Cached: the grid walk below asks for every setting of a family."""
+        knobs = tuple(sorted(params.items()))
+        if knobs not in self._keys:
+            self._keys[knobs] = params_key(self.space, params)
+        return self._keys[knobs]
 
     # -- the family's knobs ------------------------------------------------------------------------------------------
     def propose_knobs(self, study: optuna.Study, number: int, family: str) -> dict[str, Any] | None:

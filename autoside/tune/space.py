@@ -184,7 +184,7 @@ class SearchSpace:
 
     def on_grid(self, params: dict[str, Any]) -> dict[str, Any]:
         """Trial parameters with each stepped float at its grid value (see :meth:`Param.on_grid`): what a repeat's
-        console line shows, and how ``family-gp`` counts a family's tried configurations."""
+        console line shows."""
         knobs = {f"{fam.family}/{p.name}": p for fam in self.families for p in fam.params}
         return {k: knobs[k].on_grid(v) if k in knobs else v for k, v in params.items()}
 

@@ -152,3 +152,47 @@ def test_a_proposal_the_family_already_tried_is_replaced_by_an_untried_one() -> 
     for i in range(9):
         add(study, "linear", {"dropout": i / 10}, [0.9 - 0.08 * i, 1.0])
     assert sampler.propose_knobs(study, 99, "linear") == {"linear/dropout": 0.9}
+
+
+def test_settings_that_build_one_network_are_one_configuration_to_the_sampler() -> None:
+    """Joint token mixing has no temporal mixer, so its rank shapes nothing: four rank settings of one channel rank
+    are one configuration. With channel rank 4 tried, the repeat the GP proposes is replaced by channel rank 8 (not by
+    another rank of channel rank 4), and once both channel ranks are tried the family counts as exhausted."""
+    space = space_from_dict(
+        {
+            "families": {
+                "linear": {"dropout": {"type": "float", "low": 0.0, "high": 0.9, "step": 0.1}},
+                "losa_video": {
+                    "channel_rank": {"type": "categorical", "choices": [4, 8]},
+                    "temporal_rank": {"type": "int", "low": 1, "high": 4},
+                    "token_mixing": "joint",
+                },
+            }
+        }
+    )
+    sampler = FamilyGPSampler(space, seed=0, gp_startup=3)
+    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
+    fam = space.families[1]
+    dists = {"family": optuna.distributions.CategoricalDistribution(space.family_names)}
+    dists.update({f"losa_video/{p.name}": p.distribution() for p in fam.params})
+
+    def tried(channel_rank: int, temporal_rank: int, acc: float) -> None:
+        params = {
+            "family": "losa_video",
+            "losa_video/channel_rank": channel_rank,
+            "losa_video/temporal_rank": temporal_rank,
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dists, values=[acc, 5.0], constraints={"memory": -1.0}
+            )
+        )
+
+    for rank, acc in ((1, 0.6), (2, 0.7), (3, 0.8)):
+        tried(4, rank, acc)
+    trials = study.get_trials()
+    assert len(sampler._tried(trials)) == 1 and not sampler._exhausted("losa_video", trials)
+    for _ in range(5):
+        assert sampler.propose_knobs(study, 99, "losa_video")["losa_video/channel_rank"] == 8
+    tried(8, 4, 0.5)
+    assert sampler._exhausted("losa_video", study.get_trials())
