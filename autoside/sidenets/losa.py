@@ -48,8 +48,10 @@ class LoSAConfig(SideConfig):
         channel_rank: ``r_c`` of the channel-mixing MLPs.
         token_rank: ``r_t`` of the token-mixing MLPs.
         mixer_depth: mixer blocks per adapted layer.
-        mixer_order: which mixing comes first in each mixer block.
-        mixer_components: channel and token mixing, or only one of them.
+        mixer_order: which mixing comes first in each mixer block (with one kind of mixing: unused, kept at its
+            default).
+        mixer_components: channel and token mixing, or only one of them (the other's rank is then unused and kept
+            at its default).
         first_layer: first adapted layer (0-indexed).
         layer_stride: adapt every ``layer_stride``-th layer from ``first_layer`` on.
         update: how ``h`` is refined (see the module docstring).
@@ -78,6 +80,9 @@ class LoSAConfig(SideConfig):
         require(self.first_layer >= 0, "first_layer", f"must be a layer index >= 0, got {self.first_layer}")
         require(self.layer_stride >= 1, "layer_stride", f"must be at least 1, got {self.layer_stride}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.mixer_components != "both":  # one kind of mixing: no order, and the other kind's rank is unused
+            unused = "token_rank" if self.mixer_components == "channel" else "channel_rank"
+            self._unused(mixer_order=None, **{unused: None})
 
     def check_backbone(self, spec: BackboneSpec) -> None:
         require(

@@ -177,9 +177,10 @@ def test_a_repeat_left_unmarked_by_a_killed_driver_is_not_trained(tmp_path: Path
 
 
 def test_knobs_that_shape_nothing_make_no_new_configuration() -> None:
-    """The shipped video and CST spaces search knobs that only matter with another choice (a conv kernel with no
-    conv, the temporal mixer's rank with joint mixing, a distillation temperature with no distillation, the pruning
-    ratio of a stage that is not copied): settings that differ only there are one configuration, others are not."""
+    """The shipped video, CST and LoSA spaces search knobs that only matter with another choice (a conv kernel with
+    no conv, the temporal mixer's rank with joint mixing, a distillation temperature with no distillation, the pruning
+    ratio of a stage that is not copied, the mixing order with one kind of mixing): settings that differ only there
+    are one configuration, others are not."""
     from autoside.errors import ConfigError
     from autoside.sidenets import resolve
     from autoside.tune.space import load_space
@@ -250,6 +251,26 @@ def test_knobs_that_shape_nothing_make_no_new_configuration() -> None:
     )
     assert key(cst, "cst", **{**c, "lambda_kd": 1.0}) != key(cst, "cst", **{**c, "lambda_kd": 1.0, "temperature": 6.0})
     assert key(cst, "cst", **c) != key(cst, "cst", **{**c, "stage_prune_ratios/2": 0.25})
+    losa = load_space(spaces / "losa.yaml")
+    knobs = {
+        "channel_rank": 8,
+        "token_rank": 4,
+        "mixer_depth": 1,
+        "mixer_order": "token_first",
+        "layer_stride": 1,
+        "update": "refine",
+        "pool": "cls",
+        "dropout": 0.0,
+    }
+    assert key(losa, "losa", **knobs, mixer_components="channel") == key(
+        losa, "losa", **{**knobs, "token_rank": 16, "mixer_order": "channel_first"}, mixer_components="channel"
+    )
+    assert key(losa, "losa", **knobs, mixer_components="token") == key(
+        losa, "losa", **{**knobs, "channel_rank": 32}, mixer_components="token"
+    )
+    assert key(losa, "losa", **knobs, mixer_components="both") != key(
+        losa, "losa", **{**knobs, "mixer_order": "channel_first"}, mixer_components="both"
+    )
     # An unused knob still has to be valid: a bad value is reported, not reset.
     with pytest.raises(ConfigError, match=r"^sidenet\.temporal_kernel: "):
         resolve("side4video", temporal="none", temporal_kernel=4)
