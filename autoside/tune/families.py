@@ -35,6 +35,8 @@ from autoside.tune.dedup import GRID_WALK_MAX, params_key
 from autoside.tune.pareto import hypervolume
 from autoside.tune.space import SearchSpace
 
+PROBE_ABOVE, PROBES = 5000, 200  # families with more settings draw an untried one by up to PROBES random probes
+
 
 class FamilyGPSampler(optuna.samplers.BaseSampler):
     """See the module docstring. Walk the space conditionally (not flat): only the chosen family's knobs are asked."""
@@ -155,7 +157,13 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         tried, size = self._tried(trials), self._sizes[family]
         if self._key({"family": family, **proposal}) not in tried or size is None or size > GRID_WALK_MAX:
             return proposal
-        untried = [p for p in fam.grid() if self._key(p) not in tried]
+        grid = list(fam.grid())  # a uniform draw among the untried settings:
+        if len(grid) > PROBE_ABOVE:  # by rejection (keying all 40k settings of a family stalls the driver ~30 s)
+            for _ in range(PROBES):
+                pick = grid[int(self._rng.integers(len(grid)))]
+                if self._key(pick) not in tried:
+                    return {k: v for k, v in pick.items() if k != "family"}
+        untried = [p for p in grid if self._key(p) not in tried]
         if not untried:
             return proposal
         return {k: v for k, v in untried[int(self._rng.integers(len(untried)))].items() if k != "family"}

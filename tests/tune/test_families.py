@@ -144,9 +144,16 @@ def test_a_demo_search_walks_only_the_chosen_family_and_a_resume_continues(tmp_p
     assert len(seen) == 14
 
 
-def test_a_proposal_the_family_already_tried_is_replaced_by_an_untried_one() -> None:
+@pytest.mark.parametrize("probe_above", [5000, 5])
+def test_a_proposal_the_family_already_tried_is_replaced_by_an_untried_one(
+    probe_above: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Nine of linear's ten dropouts tried, the best at 0.0: the family's GP returns to its best point, a repeat that
-    would be told, not trained; the sampler hands out the one untried configuration instead."""
+    would be told, not trained; the sampler hands out the one untried configuration instead (from the list of
+    untried settings, or, on a family larger than ``PROBE_ABOVE``, by random probes of its grid)."""
+    from autoside.tune import families
+
+    monkeypatch.setattr(families, "PROBE_ABOVE", probe_above)
     sampler = FamilyGPSampler(SPACE, seed=0)
     study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
     for i in range(9):
