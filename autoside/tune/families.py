@@ -56,6 +56,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         self.exploration = exploration
         self._rng = np.random.default_rng(seed)
         self._random = optuna.samplers.RandomSampler(seed=int(self._rng.integers(2**31)))
+        self._families = {f.family: f for f in space.families}
         self._sizes = {f.family: f.size() for f in space.families}
         self._proposal: tuple[int, dict[str, Any] | None] | None = None  # (trial number, knobs proposed for it)
         self._keys: dict[tuple, str | None] = {}  # a family's knob settings -> the config they build (see _key)
@@ -126,7 +127,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
         tried = self._tried(trials)
         if len(tried) >= size:
             return True
-        fam = next(f for f in self.space.families if f.family == family)
+        fam = self._families[family]
         return size <= GRID_WALK_MAX and all(self._key(p) in tried for p in fam.grid())
 
     def _tried(self, trials: Sequence[FrozenTrial]) -> set[str]:
@@ -144,7 +145,7 @@ class FamilyGPSampler(optuna.samplers.BaseSampler):
     # -- the family's knobs ------------------------------------------------------------------------------------------
     def propose_knobs(self, study: optuna.Study, number: int, family: str) -> dict[str, Any] | None:
         """The family's knobs from a GP fitted to its own trials; ``None`` (random) until it has enough of them."""
-        fam = next(f for f in self.space.families if f.family == family)
+        fam = self._families[family]
         if not fam.params:
             return None
         distributions = {f"{family}/{p.name}": p.distribution() for p in fam.params}

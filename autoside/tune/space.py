@@ -123,7 +123,8 @@ class FamilySpace:
     fixed: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def size(self) -> int | None:
-        """Distinct configurations of the family (``None``: infinite, a float is continuous); knob-less is one."""
+        """Knob settings of the family (``None``: infinite, a float is continuous); knob-less is one. Settings that
+        differ only in knobs shaping nothing build one configuration, so there may be fewer configurations."""
         counts = [p.count() for p in self.params]
         return None if None in counts else math.prod(counts)
 
