@@ -53,6 +53,7 @@ class Recipe:
     memory_budget: str | int | None = None
     device: str = "auto"
     amp: bool = True
+    grad_checkpointing: bool = False
     threads: int | None = None
     memory_tracking: str = "auto"
     augment: bool = False

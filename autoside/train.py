@@ -334,9 +334,21 @@ def prepare_trial(
         log.info("%s loads its backbone: %s", config.family, why)
         net = build_model(recipe, task.num_classes, config)
         model, inputs, preprocess, info = use_cache(net, task, recipe, device=device)
+    apply_grad_checkpointing(net, recipe)
     info.backbone_loaded = net.backbone.weights_loaded
     info.setup_seconds = time.perf_counter() - tic
     return PreparedTrial(net, model, inputs, preprocess, info)
+
+
+def apply_grad_checkpointing(net: SideNet, recipe: Recipe) -> None:
+    """The recipe's ``grad_checkpointing`` on a family that offers it; the others train as they are (a search may
+    mix both), which the log says."""
+    if not recipe.grad_checkpointing:
+        return
+    if net.supports_grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    else:
+        log.info("grad_checkpointing: %s has no blocks to recompute; it trains without", net.config.family)
 
 
 def load_backbone_weights(net: SideNet, recipe: Recipe) -> None:

@@ -22,6 +22,9 @@ With ``--frames T`` the inputs are clips ``(B, T, 3, S, S)`` and the rows are th
 (Side4Video's are the paper's ViT-B/16 setting: s = 320, every layer, temporal conv, CLS shift) against full
 fine-tuning of the same backbone applied frame by frame, its logits averaged over time (TSN-style), plus three
 smaller Side4Video designs of the kind ``search_spaces/video.yaml`` searches (narrower, fewer layers).
+
+Rows marked "grad checkpointing" train the same network with the recipe's ``grad_checkpointing: true`` (the side
+network's blocks, or for ``full`` timm's backbone blocks, recompute their activations in backward).
 """
 
 from __future__ import annotations
@@ -44,11 +47,16 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cst_resnet50", "cst_resnet50", {}),
     ("cst_det_resnet4s_fmnist", "cst_det_resnet4s_fmnist", {}),
     ("cst_det_resnet4s_fmnist (3/4 pruned)", "cst_det_resnet4s_fmnist", {"prune_ratio": 0.75}),
+    ("dtl (grad checkpointing)", "dtl", {"grad_checkpointing": True}),
+    ("full (grad checkpointing)", "full", {"grad_checkpointing": True}),
 ]
 VIDEO_EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [  # smaller Side4Video designs the video space can pick
     ("side4video (s=128)", "side4video", {"side_width": 128}),
     ("side4video (top_half)", "side4video", {"layer_set": "top_half"}),
     ("side4video (s=128, every_other)", "side4video", {"side_width": 128, "layer_set": "every_other"}),
+    # The paper's setting with the authors' own switch: temporal conv, attention and MLP recomputed in backward.
+    ("side4video (grad checkpointing)", "side4video", {"grad_checkpointing": True}),
+    ("full (grad checkpointing)", "full", {"grad_checkpointing": True}),
 ]
 
 
@@ -90,8 +98,11 @@ def measure(label: str, name: str, options: dict[str, Any], args: argparse.Names
 
     torch.manual_seed(0)
     backbone = create_backbone(args.backbone, weights=args.weights, image_size=args.image_size)
+    options = dict(options)
+    checkpointing = options.pop("grad_checkpointing", False)
     try:
         model = create_sidenet(name, backbone, num_classes=args.num_classes, **options)
+        model.set_grad_checkpointing(checkpointing)
     except ConfigError as exc:
         return Row(label, note=f"skipped: {exc}")
     if args.frames and model.modality != "video":
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=None if Console().is_terminal else 160)
     rows = []
     for label, name, options in rows_to_plan(video=args.frames > 0):
-        if args.frames and label != "full":  # every video row reads all T frames of the clips
+        if args.frames and name != "full":  # every video row reads all T frames of the clips
             options = {**options, "frames": args.frames}
         if args.only and label != "full" and label not in args.only:
             continue

@@ -5,6 +5,7 @@ from autoside.layers.fusion import DepthwiseFusion
 from autoside.layers.gates import Swish, swish
 from autoside.layers.lowrank import LowRankLinear, LowRankMLP
 from autoside.layers.mixers import ChannelMixer, LowRankMixer, TokenMixer
+from autoside.layers.recompute import recompute
 from autoside.layers.stochastic_depth import SideDropPath, set_side_drop_path
 from autoside.layers.temporal import (
     TEMPORAL_MODULES,
@@ -35,6 +36,7 @@ __all__ = [
     "create_temporal",
     "get_act_layer",
     "get_temporal_layer",
+    "recompute",
     "select_frames",
     "set_side_drop_path",
     "shift_frames",

@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from autoside.layers.lowrank import LowRankMLP
+from autoside.layers.recompute import recompute
 
 MixerOrder = Literal["token_first", "channel_first"]
 MixerComponents = Literal["both", "channel", "token"]
@@ -43,10 +43,7 @@ class _MixerBranch(nn.Module):
         return self.mlp.down(x.transpose(1, 2) if self.over_tokens else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.recompute and torch.is_grad_enabled():
-            hidden = checkpoint(self._down, x, use_reentrant=False)
-        else:
-            hidden = self._down(x)
+        hidden = recompute(self._down, x, enabled=self.recompute)
         out = self.mlp.up(self.mlp.act(hidden))
         return out.transpose(1, 2) if self.over_tokens else out
 

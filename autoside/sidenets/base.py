@@ -71,6 +71,7 @@ class SideNet(nn.Module):
     config_class: ClassVar[type[SideConfig]] = SideConfig
     writes_back: ClassVar[bool] = False
     modality: ClassVar[str] = "image"
+    supports_grad_checkpointing: ClassVar[bool] = False
 
     def feature_taps(self) -> tuple[str, ...] | None:
         """The frozen features :meth:`side` reads (names of :meth:`Backbone.taps`); ``None``: not split."""
@@ -133,6 +134,16 @@ class SideNet(nn.Module):
         self.config = config
         self.backbone = backbone
         self.num_classes = num_classes
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks' activations in backward instead of keeping them (timm's switch of the same name):
+        the same values and gradients for less training memory and more compute. Families that declare
+        :attr:`supports_grad_checkpointing` read :attr:`grad_checkpointing` in their forward; a recipe's
+        ``grad_checkpointing`` turns it on for every family of a search that offers it."""
+        if enable and not self.supports_grad_checkpointing:
+            raise ConfigError(f"grad_checkpointing: {self.config.family!r} has no blocks to recompute")
+        self.grad_checkpointing = enable
 
     def side_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

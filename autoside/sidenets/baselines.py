@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone
+from autoside.errors import ConfigError
 from autoside.sidenets import register_family
 from autoside.sidenets.base import SideConfig, SideNet, require
 
@@ -61,11 +62,26 @@ class FullFineTune(SideNet):
 
     config_class = FullConfig
     writes_back = True
+    supports_grad_checkpointing = True
 
     def __init__(self, config: FullConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         backbone.unfreeze()
         self.head = nn.Linear(backbone.spec.num_features, num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's own checkpointing of the backbone's blocks (the fair reference for a checkpointed side network)."""
+        name = self.backbone.spec.name
+        if enable and not hasattr(self.backbone.model, "set_grad_checkpointing"):
+            raise ConfigError(f"grad_checkpointing: backbone {name!r} offers no checkpointing")
+        if enable and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.backbone.model.modules()):
+            raise ConfigError(
+                f"grad_checkpointing: backbone {name!r} has BatchNorm layers inside its blocks; recomputing a block "
+                "would update their running statistics twice per step"
+            )
+        super().set_grad_checkpointing(enable)
+        if hasattr(self.backbone.model, "set_grad_checkpointing"):
+            self.backbone.model.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

@@ -41,7 +41,7 @@ from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec
 from autoside.errors import ConfigError
-from autoside.layers import DepthwiseFusion, LowRankLinear, SideDropPath, set_side_drop_path, swish
+from autoside.layers import DepthwiseFusion, LowRankLinear, SideDropPath, recompute, set_side_drop_path, swish
 from autoside.sidenets import register_family, register_sidenet
 from autoside.sidenets.base import SideConfig, SideNet, require
 
@@ -172,6 +172,7 @@ class DTL(SideNet):
 
     config_class = DTLConfig
     writes_back = True
+    supports_grad_checkpointing = True
 
     def __init__(self, config: DTLConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -316,9 +317,10 @@ class DTL(SideNet):
                 if str(i) in self.maps:
                     update = self.maps[str(i)](x)
                     h = update if h is None else h + update
-                # Blocks 1..M see no trainable input: no graph, no saved activations.
+                # Blocks 1..M see no trainable input: no graph, no saved activations. Later ones pass gradients
+                # back to the side network; with checkpointing they keep only their input and run again in backward.
                 with torch.set_grad_enabled(grad and i >= self.merge_from):
-                    x = block(x)
+                    x = recompute(block, x, enabled=self.grad_checkpointing)
                 if i >= self.merge_from - 1:
                     x = self._merge(x, h, s)
                 i += 1

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autoside.backbones import Backbone, BackboneSpec
-from autoside.layers import TemporalKnobs, select_frames, shift_frames
+from autoside.layers import TemporalKnobs, recompute, select_frames, shift_frames
 from autoside.sidenets import register_family, register_sidenet
 from autoside.sidenets.base import SideConfig, SideNet, require
 
@@ -127,16 +127,24 @@ class Side4VideoBlock(nn.Module):
         nn.init.normal_(self.mlp[0].weight, std=(2 * dim) ** -0.5)
         nn.init.normal_(self.mlp[2].weight, std=proj_std)
 
-    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """``x``: side tokens ``(B, T, N, s)``; ``cls``: projected backbone CLS ``(B, T, s)``; ``pos``: ``(N, s)``."""
+    def _attend(self, kv: torch.Tensor) -> torch.Tensor:
+        return self.attn(kv[:, 1:], kv, kv, need_weights=False)[0]
+
+    def forward(
+        self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor, grid: tuple[int, int], checkpointing: bool = False
+    ) -> torch.Tensor:
+        """``x``: side tokens ``(B, T, N, s)``; ``cls``: projected backbone CLS ``(B, T, s)``; ``pos``: ``(N, s)``.
+        With ``checkpointing`` the temporal module, the attention and the MLP each keep only their (normalised) input
+        and run again in backward, as the authors' ``use_ckpt`` does; the norms stay outside (running statistics)."""
         b, t, n, c = x.shape
         if self.temporal is not None:
-            x = x + to_tokens(self.temporal(self.temporal_norm(to_map(x, grid))))
+            normed = self.temporal_norm(to_map(x, grid))
+            x = x + to_tokens(recompute(self.temporal, normed, enabled=checkpointing))
         if self.cls_shift:
             cls = shift_frames(cls.transpose(1, 2), c // 2).transpose(1, 2)
         kv = self.attn_norm(torch.cat([cls[:, :, None], x + pos], dim=2)).flatten(0, 1)
-        x = x + self.attn(kv[:, 1:], kv, kv, need_weights=False)[0].view(b, t, n, c)
-        return x + self.mlp(to_tokens(self.mlp_norm(to_map(x, grid))))
+        x = x + recompute(self._attend, kv, enabled=checkpointing).view(b, t, n, c)
+        return x + recompute(self.mlp, to_tokens(self.mlp_norm(to_map(x, grid))), enabled=checkpointing)
 
 
 @register_family
@@ -145,6 +153,7 @@ class Side4Video(SideNet):
 
     config_class = Side4VideoConfig
     modality = "video"
+    supports_grad_checkpointing = True
 
     def __init__(self, config: Side4VideoConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -178,7 +187,7 @@ class Side4Video(SideNet):
         for i in self.taps:
             z = self.projs[str(i)](self.norms[str(i)](feats[i])).unflatten(0, (b, t))
             side = 0.5 * side + 0.5 * z[:, :, 1:]
-            side = self.blocks[str(i)](side, z[:, :, 0], self.pos_embed, self.grid)
+            side = self.blocks[str(i)](side, z[:, :, 0], self.pos_embed, self.grid, self.grad_checkpointing)
         pooled = self.head_norm(to_map(side, self.grid)).flatten(2).mean(-1)
         return self.head(self.drop(pooled))
 

@@ -146,7 +146,7 @@ class CachedPredictor:
         from autoside.data import load_task
         from autoside.memory.predict import predict_peak_memory
         from autoside.sidenets import create_sidenet
-        from autoside.train import build_backbone
+        from autoside.train import apply_grad_checkpointing, build_backbone
 
         key = json.dumps(params, sort_keys=True)
         if key not in self.cache:
@@ -155,6 +155,7 @@ class CachedPredictor:
             torch.manual_seed(self.recipe.seed)
             config = self.space.config_from_params(params)
             model = create_sidenet(config, copy.deepcopy(self.backbone), self.task.num_classes)
+            apply_grad_checkpointing(model, self.recipe)
             task, preprocess = self.task, None
             if bypass_reason(model, self.recipe) is None:  # the trial will train on stored features: predict that
                 model, task, preprocess = probe_features(model, self.task, self.recipe)
