@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from autoside.cli.cache import add_cache_args
 from autoside.cli.registry import command
@@ -126,13 +127,25 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _choices(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    from autoside.errors import ConfigError
+    from autoside.sidenets import config_from_dict
+    from autoside.tune.space import shaping_choices
+
+    try:
+        unused = config_from_dict(config).unused_knobs()
+    except (ConfigError, KeyError, TypeError):  # a record written before its family changed: show what was sampled
+        unused = frozenset()
+    return shaping_choices(params, unused)
+
+
 def front_rows(front, knee) -> list[dict]:  # noqa: ANN001 - TrialRecords
     """One row per front member: the figures a user compares, the family and its key choices."""
     return [
         {
             "trial_id": r.trial_id,
             "family": r.config.get("family"),
-            "choices": {k.split("/", 1)[-1]: v for k, v in r.params.items() if k != "family"},
+            "choices": _choices(r.params, r.config),
             "val_accuracy": r.accuracy,
             "test_accuracy": r.metrics.get("test_accuracy"),
             "peak_memory_bytes": r.memory,

@@ -48,6 +48,12 @@ class SideConfig:
         de-duplication, its Pareto set and an export. Called from ``__post_init__``."""
         for name, value in values.items():
             object.__setattr__(self, name, self.__dataclass_fields__[name].default if value is None else value)
+        object.__setattr__(self, "_unused_knobs", self.unused_knobs() | frozenset(values))
+
+    def unused_knobs(self) -> frozenset[str]:
+        """The knobs :meth:`_unused` fixed: what a summary of this configuration leaves out, since they shape
+        nothing (not fields: equality, hashing and ``to_dict`` do not see them)."""
+        return self.__dict__.get("_unused_knobs", frozenset())
 
 
 def require(condition: bool, field: str, message: str) -> None:

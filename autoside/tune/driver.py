@@ -22,6 +22,7 @@ from autoside.tune.dedup import canonical_float
 from autoside.tune.journal import PARENT, Journal, log_op, now_ms
 from autoside.tune.outbox import Outbox, store_record
 from autoside.tune.results import RESULT_FILE, SearchResult, open_search, read_records
+from autoside.tune.space import shaping_choices
 from autoside.tune.trial import PENDING_KEY, RECORD_KEY, TrialContext, result_record, trial_id_of, write_json_atomic
 from autoside.units import format_bytes
 
@@ -533,10 +534,11 @@ class Progress:
         return _Callback()
 
     def duplicate(self, number: int, original: int, params: dict[str, Any]) -> None:
+        space = self.state.space
+        unused = space.config_from_params(params).unused_knobs()
         choices = ", ".join(
-            f"{k.split('/', 1)[-1]}={canonical_float(v) if isinstance(v, float) else v}"
-            for k, v in self.state.space.on_grid(params).items()
-            if k != "family"
+            f"{k}={canonical_float(v) if isinstance(v, float) else v}"
+            for k, v in shaping_choices(space.on_grid(params), unused).items()
         )
         self.print(
             f"      proposal {number} repeats trial {trial_id_of(original)} ({params.get('family')}"

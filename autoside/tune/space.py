@@ -140,6 +140,14 @@ class FamilySpace:
         return {**out, **{k: v for k, v in values.items() if "/" not in k}}
 
 
+def shaping_choices(params: dict[str, Any], unused: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The chosen family's knobs as ``knob[/i] -> value``, less the ``unused`` ones (its config's
+    :meth:`~autoside.sidenets.base.SideConfig.unused_knobs`): what a summary of a trial shows. A knob that shapes
+    nothing (a conv kernel with no conv) would suggest a difference between two networks that is not there."""
+    shown = {k.split("/", 1)[1]: v for k, v in SearchSpace.active(params).items() if k != "family"}
+    return {k: v for k, v in shown.items() if k.split("/", 1)[0] not in unused}
+
+
 def _searched(template: Any) -> bool:
     return isinstance(template, tuple) and any(isinstance(e, Param) for e in template)
 

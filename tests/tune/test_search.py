@@ -179,6 +179,32 @@ def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: p
         )
 
 
+def test_summaries_leave_out_knobs_that_shape_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A Side4Video trial with no temporal module shows no conv kernel or shift fraction: neither on the Pareto table
+    nor on a repeat's line (the config holds them at their defaults; the sampled values would suggest a difference
+    between two networks that is not there)."""
+    from autoside.cli.tune import front_rows
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, Progress
+    from autoside.tune.results import TrialRecord
+    from autoside.tune.space import load_space
+
+    space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "video.yaml")
+    knobs = {"side_width": 64, "layer_set": "all", "temporal_kernel": 7, "temporal_spatial_kernel": 3}
+    knobs |= {"shift_fraction": 0.5, "cls_shift": True, "frames": 4, "dropout": 0.0}
+    shaping = {"side_width": 64, "layer_set": "all", "cls_shift": True, "frames": 4, "dropout": 0.0}
+    for temporal, shown in (("none", {}), ("conv", {"temporal_kernel": 7, "temporal_spatial_kernel": 3})):
+        params = {"family": "side4video", **{f"side4video/{k}": v for k, v in {**knobs, "temporal": temporal}.items()}}
+        config = space.config_from_params(params).to_dict()
+        record = TrialRecord("0001", 1, params, config, "ok", {"val_accuracy": 0.5, "peak_memory_bytes": 2**20})
+        assert front_rows([record], None)[0]["choices"] == {**shaping, "temporal": temporal, **shown}
+        meta = {"name": "p", "budget_bytes": 2**20}
+        state = DriverState(tmp_path, meta, space, None, SearchOptions(), study_name="p", storage=None, context=None)
+        Progress(state).duplicate(7, 3, params)
+        line = capsys.readouterr().out
+        assert ("temporal_kernel=7" in line) == (temporal == "conv") and "shift_fraction" not in line
+
+
 def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
