@@ -8,7 +8,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-def recompute(fn: Callable[..., torch.Tensor], *args: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+def recompute(fn: Callable[..., torch.Tensor], *args: object, enabled: bool = True) -> torch.Tensor:
     """``fn(*args)``, keeping only ``args`` for backward and running ``fn`` again there when ``enabled`` and autograd
     is recording: the same values and gradients for less memory and one more forward of ``fn``. Randomness inside
     ``fn`` (dropout, stochastic depth) replays identically. Normalisation layers that track running statistics belong

@@ -19,6 +19,9 @@ Built the way the authors' public code builds it (the defaults reproduce it; the
      embedding, one for all blocks, is added to the patch tokens and everything is LayerNorm'd first;
   3. an MLP (ratio 4, GELU) over BatchNorm3d'd tokens.
 * Head: BatchNorm3d -> mean over ``T*H*W`` -> Linear.
+* With gradient checkpointing (a recipe's ``grad_checkpointing: true``; the authors' ``use_ckpt``) each block's
+  temporal module, attention and MLP keep only their normalised input and run again in backward; autoside also
+  recomputes each layer's LayerNorm + projection from the frozen layer output the step holds anyway.
 
 Clips are ``(B, T, C, H, W)``; a still image ``(B, C, H, W)`` is a one-frame clip.
 """
@@ -179,13 +182,17 @@ class Side4Video(SideNet):
             taps = self.backbone.intermediates(frames, indices=list(self.taps), return_prefix_tokens=True)
         return {i: torch.cat([prefix[:, :1], patches], dim=1) for i, (patches, prefix) in zip(self.taps, taps)}
 
+    def _project(self, feature: torch.Tensor, tap: str) -> torch.Tensor:
+        return self.projs[tap](self.norms[tap](feature))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = select_frames(x if x.ndim == 5 else x[:, None], self.config.frames)
         b, t = clip.shape[:2]
         feats = self.features(clip.flatten(0, 1))
         side = to_tokens(self.stem_norm(self.stem(clip.transpose(1, 2))))
         for i in self.taps:
-            z = self.projs[str(i)](self.norms[str(i)](feats[i])).unflatten(0, (b, t))
+            # Checkpointing recomputes the projection too: its input, the frozen layer output, is held anyway.
+            z = recompute(self._project, feats[i], str(i), enabled=self.grad_checkpointing).unflatten(0, (b, t))
             side = 0.5 * side + 0.5 * z[:, :, 1:]
             side = self.blocks[str(i)](side, z[:, :, 0], self.pos_embed, self.grid, self.grad_checkpointing)
         pooled = self.head_norm(to_map(side, self.grid)).flatten(2).mean(-1)
