@@ -57,6 +57,16 @@ def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
     _sampled_vs_full(lambda: _build(family))
 
 
+@pytest.mark.parametrize("family", ["dtl", "side4video"])
+def test_sampled_peak_equals_fully_tracked_peak_with_checkpointing(family: str) -> None:
+    def build():  # noqa: ANN202
+        model = _build(family)
+        model.set_grad_checkpointing()
+        return model
+
+    _sampled_vs_full(build)
+
+
 def test_a_new_phase_is_measured_again() -> None:
     """CST's distil-only first epoch costs less than the epochs after it: the peak is the later phase's."""
 
