@@ -48,6 +48,7 @@ EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cst_det_resnet4s_fmnist", "cst_det_resnet4s_fmnist", {}),
     ("cst_det_resnet4s_fmnist (3/4 pruned)", "cst_det_resnet4s_fmnist", {"prune_ratio": 0.75}),
     ("dtl (grad checkpointing)", "dtl", {"grad_checkpointing": True}),
+    ("cst (grad checkpointing)", "cst", {"grad_checkpointing": True}),
     ("full (grad checkpointing)", "full", {"grad_checkpointing": True}),
 ]
 VIDEO_EXTRA_ROWS: list[tuple[str, str, dict[str, Any]]] = [  # smaller Side4Video designs the video space can pick

@@ -48,6 +48,7 @@ from autoside.backbones import Backbone, BackboneSpec
 from autoside.layers.calibration import create_calibration_gate
 from autoside.layers.distill import feature_distillation, logit_distillation
 from autoside.layers.pruning import Stages, conv_widths, prune_stages, prune_to_widths
+from autoside.layers.recompute import recompute
 from autoside.layers.staged import reinitialise, run_modules, staged_cnn
 from autoside.sidenets import register_family, register_sidenet
 from autoside.sidenets.base import SideConfig, SideNet, require
@@ -160,6 +161,7 @@ class CST(SideNet):
 
     config_class = CSTConfig
     writes_back = True
+    supports_grad_checkpointing = True
 
     def __init__(self, config: CSTConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -248,9 +250,10 @@ class CST(SideNet):
         b, s = start, start
         calibrated, side_features, plain = [], [], []
         for k, (stage, side_stage) in enumerate(zip(self._stages[self.first_stage :], self.side_net.stages)):
-            # A frozen stage is on the gradient path only when its input carries the side network's calibration.
+            # A frozen stage is on the gradient path only when its input carries the side network's calibration;
+            # checkpointing recomputes it in backward (frozen, so in eval mode: its BatchNorm statistics stay put).
             with torch.set_grad_enabled(task_grad and b.requires_grad):
-                out = stage(b)
+                out = recompute(stage, b, enabled=self.grad_checkpointing)
             s = side_stage(s)
             side_features.append(self.proj[str(self.first_stage + k)](s))
             with torch.set_grad_enabled(task_grad):

@@ -23,7 +23,7 @@ RECIPE = {
 
 
 CASES = [(family, False) for family in list_families()]
-CASES += [(family, True) for family in ("dtl", "full", "side4video")]  # recomputed in backward: a different peak
+CASES += [(family, True) for family in ("cst", "dtl", "full", "side4video")]  # recomputed in backward: a different peak
 
 
 @pytest.mark.parametrize(("family", "checkpointing"), CASES)

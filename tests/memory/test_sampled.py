@@ -57,7 +57,7 @@ def test_sampled_peak_equals_fully_tracked_peak(family: str) -> None:
     _sampled_vs_full(lambda: _build(family))
 
 
-@pytest.mark.parametrize("family", ["dtl", "side4video"])
+@pytest.mark.parametrize("family", ["cst", "dtl", "side4video"])
 def test_sampled_peak_equals_fully_tracked_peak_with_checkpointing(family: str) -> None:
     def build():  # noqa: ANN202
         model = _build(family)
