@@ -60,7 +60,14 @@ def test_config_resolves_and_round_trips(name: str) -> None:
     assert type(config).from_dict(config.to_dict()) == config
 
 
-CHECKPOINTING = [("side4video", "vit"), ("dtl", "vit"), ("dtl", "swin"), ("cst", "cnn"), ("full", "vit"), ("full", "swin")]
+CHECKPOINTING = [
+    ("side4video", "vit"),
+    ("dtl", "vit"),
+    ("dtl", "swin"),
+    ("cst", "cnn"),
+    ("full", "vit"),
+    ("full", "swin"),
+]
 
 
 def _step(name: str, layout: str, checkpointing: bool) -> tuple[torch.nn.Module, torch.Tensor, int, int]:
