@@ -26,6 +26,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip (and count) unreadable or too-short videos instead of stopping",
     )
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute the side network's activations in backward: less memory, same result (grad_checkpointing=true)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cache_args(p)
@@ -38,6 +43,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, *([f"sidenet.name={args.sidenet}"] if args.sidenet else []), *cache_overrides(args)]
     overrides += ["dataset.skip_bad_videos=true"] if args.skip_bad_videos else []
+    overrides += ["grad_checkpointing=true"] if args.grad_checkpointing else []
     recipe = load_recipe(args.recipe, overrides)
     result, _ = run_trial(recipe, progress=not args.no_progress and sys.stderr.isatty(), load_backbone=False)
     if args.json:

@@ -71,6 +71,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="NAME", help="continue the search NAME whose driver was stopped or killed")
     p.add_argument("--seed", type=int, help="sampler seed (default 0)")
     p.add_argument("--skip-bad-videos", action="store_true", help="skip (and count) bad videos of a video dataset")
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="every trial whose family offers it recomputes activations in backward (grad_checkpointing=true)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     add_cache_args(p)
@@ -118,6 +123,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.no_cache:
         options["no_cache"] = True
     overrides = [*args.overrides, *(["dataset.skip_bad_videos=true"] if args.skip_bad_videos else [])]
+    overrides += ["grad_checkpointing=true"] if args.grad_checkpointing else []
     recipe = load_recipe(args.recipe, overrides) if args.recipe else None
     result = search(args.space, recipe, **options)
     if args.json:

@@ -35,6 +35,32 @@ def test_train_json(recipe_path):
     assert result["family"] == "full" and result["peak_memory_bytes"] > 0
 
 
+def test_train_grad_checkpointing_flag_is_timms_and_reaches_the_trial(tmp_path):
+    from autoside.testing import tiny_search_recipe
+
+    path = tmp_path / "dtl.yaml"
+    path.write_text(yaml.safe_dump(tiny_search_recipe(train=32, val=16, test=16, sidenet={"name": "dtl"})))
+    runs = {}
+    for flags in ((), ("--grad-checkpointing",)):
+        proc = autoside("train", str(path), "--json", "--no-cache", *flags)
+        assert proc.returncode == 0, proc.stderr
+        runs[flags] = json.loads(proc.stdout)
+    plain, ckpt = runs[()], runs[("--grad-checkpointing",)]
+    assert ckpt["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-5)
+    assert ckpt["peak_memory_bytes"] < plain["peak_memory_bytes"]
+    refused = autoside(
+        "train",
+        str(path),
+        "--grad-checkpointing",
+        "--set",
+        "sidenet.name=full",
+        "--set",
+        "backbone.name=resnet4s_fmnist",
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "grad_checkpointing: backbone 'resnet4s_fmnist' has BatchNorm layers" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
