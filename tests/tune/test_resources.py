@@ -200,3 +200,17 @@ def test_searcher_hands_a_requeued_trial_out_again_and_then_finishes(tmp_path: P
     searcher.on_trial_complete("d", final)
     assert searcher.suggest("f") == Searcher.FINISHED
     assert [t.state for t in searcher.study.get_trials()] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def test_packer_predicts_a_checkpointed_trial_as_it_will_train(tmp_path: Path) -> None:
+    """With the recipe's grad_checkpointing a trial keeps fewer activations; the packer's share follows it."""
+    from dataclasses import replace
+
+    from autoside.recipe import recipe_from_dict
+    from autoside.tune.space import space_from_dict
+
+    recipe = recipe_from_dict({**RECIPE, "feature_cache": False})
+    space = space_from_dict({"name": "tiny", "families": {"full": {}}})
+    plain = res.CachedPredictor(recipe, space)({"family": "full"})
+    ckpt = res.CachedPredictor(replace(recipe, grad_checkpointing=True), space)({"family": "full"})
+    assert ckpt < 0.9 * plain, (ckpt, plain)
