@@ -50,9 +50,15 @@ class SideConfig:
             object.__setattr__(self, name, self.__dataclass_fields__[name].default if value is None else value)
         object.__setattr__(self, "_unused_knobs", self.unused_knobs() | frozenset(values))
 
+    def _unused_elements(self, name: str, count: int, value: Any) -> None:
+        """The first ``count`` elements of the list knob ``name`` shape nothing: fixed at ``value`` (the others do)."""
+        object.__setattr__(self, name, (value,) * count + tuple(getattr(self, name))[count:])
+        object.__setattr__(self, "_unused_knobs", self.unused_knobs() | {f"{name}/{i}" for i in range(count)})
+
     def unused_knobs(self) -> frozenset[str]:
-        """The knobs :meth:`_unused` fixed: what a summary of this configuration leaves out, since they shape
-        nothing (not fields: equality, hashing and ``to_dict`` do not see them)."""
+        """The knobs :meth:`_unused` fixed (``name``, or ``name/i`` for an element of a list knob): what a summary of
+        this configuration leaves out, since they shape nothing (not fields: equality, hashing and ``to_dict`` do
+        not see them)."""
         return self.__dict__.get("_unused_knobs", frozenset())
 
 

@@ -112,7 +112,8 @@ class CSTConfig(SideConfig):
         # Valid knobs that shape nothing here are kept at fixed values (see ``SideConfig._unused``).
         if self.stage_prune_ratios:
             first = min(self.first_stage, len(self.stage_prune_ratios))
-            self._unused(prune_ratio=None, stage_prune_ratios=(0.0,) * first + tuple(self.stage_prune_ratios[first:]))
+            self._unused(prune_ratio=None)
+            self._unused_elements("stage_prune_ratios", first, 0.0)  # the stages before first_stage are not copied
         if self.lambda_kd == 0:
             self._unused(temperature=None)
         if not self.distils:

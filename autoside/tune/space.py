@@ -145,7 +145,7 @@ def shaping_choices(params: dict[str, Any], unused: frozenset[str] = frozenset()
     :meth:`~autoside.sidenets.base.SideConfig.unused_knobs`): what a summary of a trial shows. A knob that shapes
     nothing (a conv kernel with no conv) would suggest a difference between two networks that is not there."""
     shown = {k.split("/", 1)[1]: v for k, v in SearchSpace.active(params).items() if k != "family"}
-    return {k: v for k, v in shown.items() if k.split("/", 1)[0] not in unused}
+    return {k: v for k, v in shown.items() if k not in unused and k.split("/", 1)[0] not in unused}
 
 
 def _searched(template: Any) -> bool:

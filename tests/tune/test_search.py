@@ -203,6 +203,17 @@ def test_summaries_leave_out_knobs_that_shape_nothing(tmp_path: Path, capsys: py
         Progress(state).duplicate(7, 3, params)
         line = capsys.readouterr().out
         assert ("temporal_kernel=7" in line) == (temporal == "conv") and "shift_fraction" not in line
+    # CST from stage 2: the ratios of stages 0 and 1 (not copied) and the temperature (no logit distillation) go.
+    cst = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "cst.yaml")
+    knobs = {"first_stage": 2, "gate": "mtc", "writes_back": True, "importance": "magnitude", "drop_blocks": 1}
+    knobs |= {"init": "copy", "lambda_feat": 1.0, "lambda_kd": 0.0, "temperature": 2.0, "distill_epochs": 1}
+    knobs |= {**{f"stage_prune_ratios/{i}": r for i, r in enumerate((0.25, 0.5, 0.75, 0.5))}, "dropout": 0.1}
+    params = {"family": "cst", **{f"cst/{k}": v for k, v in knobs.items()}}
+    record = TrialRecord("0002", 2, params, cst.config_from_params(params).to_dict(), "ok", {})
+    shown = front_rows([record], None)[0]["choices"]
+    assert shown == {
+        k: v for k, v in knobs.items() if k not in ("stage_prune_ratios/0", "stage_prune_ratios/1", "temperature")
+    }
 
 
 def test_a_trial_that_raises_is_failed_with_its_traceback_and_a_rerun_replaces_its_run(
