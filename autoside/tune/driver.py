@@ -500,10 +500,11 @@ class Progress:
     def start(self) -> None:
         s = self.state
         rerun = f", {len(s.pending)} interrupted trials run again" if s.pending else ""
+        checkpointing = ", grad checkpointing" if s.meta.get("recipe", {}).get("grad_checkpointing") else ""
         self.print(
             f"search {s.meta['name']}: {s.remaining} trials to run{rerun}, budget "
             f"{format_bytes(s.meta['budget_bytes'])}, sampler {s.opts.sampler}, scheduler {s.opts.scheduler}, "
-            f"at most {s.opts.max_concurrent} at a time"
+            f"at most {s.opts.max_concurrent} at a time{checkpointing}"
         )
 
     def print(self, line: str) -> None:

@@ -179,6 +179,24 @@ def test_progress_says_when_a_proposal_repeats_a_trial(tmp_path: Path, capsys: p
         )
 
 
+def test_the_first_line_says_when_trials_recompute_activations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from autoside.tune.api import SearchOptions
+    from autoside.tune.driver import DriverState, Progress
+    from autoside.tune.space import space_from_dict
+
+    for checkpointing in (False, True):
+        meta = {"name": "p", "budget_bytes": 2**20, "recipe": {"grad_checkpointing": checkpointing}}
+        opts = SearchOptions()
+        state = DriverState(
+            tmp_path, meta, space_from_dict(SPACE), None, opts, study_name="p", storage=None, context=None
+        )
+        state.remaining = 4
+        Progress(state).start()
+        line = capsys.readouterr().out.strip()
+        assert line.startswith("search p: 4 trials to run, budget 1 MiB")
+        assert line.endswith(", grad checkpointing") == checkpointing
+
+
 def test_summaries_leave_out_knobs_that_shape_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A Side4Video trial with no temporal module shows no conv kernel or shift fraction: neither on the Pareto table
     nor on a repeat's line (the config holds them at their defaults; the sampled values would suggest a difference
