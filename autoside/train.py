@@ -57,6 +57,7 @@ class TrialResult:
     memory_tracked_steps: int = 0
     steps: int = 0
     feature_cache: dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False  # whether this trial recomputed activations (the recipe asked, the family offers)
     task: str = "classification"
     metric: str = "top1"
     val_map_50: float | None = None
@@ -395,4 +396,5 @@ def run_trial(
     )
     if load_backbone and not prepared.net.backbone.weights_loaded:
         load_backbone_weights(prepared.net, recipe)
-    return replace(result, feature_cache=asdict(prepared.cache)), prepared.net
+    checkpointing = prepared.net.grad_checkpointing
+    return replace(result, feature_cache=asdict(prepared.cache), grad_checkpointing=checkpointing), prepared.net

@@ -91,6 +91,7 @@ def test_recipe_grad_checkpointing_trains_the_same_network_in_less_memory(tmp_pa
     assert plain.feature_cache["status"] == "built" and ckpt.feature_cache["status"] == "hit"
     assert ckpt.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-5)
     assert ckpt.peak_memory_bytes < 0.9 * plain.peak_memory_bytes
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
     # A family with nothing to recompute trains as it is, so a search may mix families under one recipe.
     linear, _ = run_trial(recipe_from_dict({**recipe, "sidenet": {"name": "linear"}, "grad_checkpointing": True}))
-    assert math.isfinite(linear.history[0]["train_loss"])
+    assert math.isfinite(linear.history[0]["train_loss"]) and not linear.grad_checkpointing

@@ -77,9 +77,16 @@ def _print_result(recipe, result) -> None:  # noqa: ANN001
         ("throughput", f"{result.train_images_per_s:.1f} images/s"),
         ("wall time", f"{result.wall_time_s:.1f} s"),
         ("feature cache", f"{result.feature_cache.get('status')} {result.feature_cache.get('reason', '')}".strip()),
+        ("grad checkpointing", _checkpointing(recipe, result)),
         ("device", result.device),
         ("torch", result.torch_version),
     ]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def _checkpointing(recipe, result) -> str:  # noqa: ANN001
+    if result.grad_checkpointing:
+        return "on"
+    return f"off ({result.family} has no blocks to recompute)" if recipe.grad_checkpointing else "off"

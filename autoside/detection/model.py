@@ -133,6 +133,18 @@ class Detector(nn.Module):
         return self.sidenet.writes_back
 
     @property
+    def supports_grad_checkpointing(self) -> bool:
+        return self.sidenet.supports_grad_checkpointing
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.sidenet.grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The side network's own (the detection heads keep their activations)."""
+        self.sidenet.set_grad_checkpointing(enable)
+
+    @property
     def levels(self) -> tuple[int, ...]:
         return self.rcnn.backbone.levels
 

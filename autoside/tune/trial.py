@@ -217,11 +217,13 @@ def _train_and_record(  # noqa: C901, PLR0913, PLR0915
         )
         metrics["trainable_params"] = model.num_trainable()
         extra["feature_cache"] = asdict(cache)
+        extra["grad_checkpointing"] = model.grad_checkpointing
         run.log(
             cache.metrics(),
             tags={
                 "feature_cache": f"{cache.status} {cache.reason}".strip()[:5000],
                 "backbone_loaded": "yes" if cache.backbone_loaded else "no",
+                "grad_checkpointing": "yes" if model.grad_checkpointing else "no",
             },
         )
         if ctx.budget_bytes is not None:

@@ -48,6 +48,7 @@ def test_train_grad_checkpointing_flag_is_timms_and_reaches_the_trial(tmp_path):
     plain, ckpt = runs[()], runs[("--grad-checkpointing",)]
     assert ckpt["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-5)
     assert ckpt["peak_memory_bytes"] < plain["peak_memory_bytes"]
+    assert ckpt["grad_checkpointing"] and not plain["grad_checkpointing"]
     refused = autoside(
         "train",
         str(path),

@@ -51,6 +51,25 @@ def test_trial_scores_box_map(trained) -> None:
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
+def test_a_checkpointed_detector_trains_the_same_losses(trained) -> None:
+    """grad_checkpointing reaches the side network inside the detector: CST writing back recomputes the frozen stages
+    its calibration flows through (the preset writes nothing back, so it has none on the gradient path)."""
+    from autoside.recipe import recipe_from_dict
+    from autoside.train import run_trial
+
+    _, preset, _ = trained
+    back = {
+        **RECIPE,
+        "sidenet": {"name": "cst_det_resnet4s_fmnist", "options": {"prune_ratio": 0.75, "writes_back": True}},
+    }
+    plain, _ = run_trial(recipe_from_dict(back))
+    ckpt, _ = run_trial(recipe_from_dict({**back, "grad_checkpointing": True}))
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing and not preset.grad_checkpointing
+    losses = [h["train_loss"] for h in plain.history]
+    assert [h["train_loss"] for h in ckpt.history] == pytest.approx(losses, rel=1e-4)
+    assert ckpt.saved_activation_bytes < plain.saved_activation_bytes
+
+
 def test_memory_prediction_runs_the_detection_loss(trained) -> None:
     from autoside.data import load_task
     from autoside.memory.predict import predict_peak_memory
