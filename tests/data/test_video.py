@@ -127,14 +127,17 @@ def test_windows_keep_time_ranges_apart_and_carry_their_label() -> None:
     common = {"frames": 4, "size": 8, "rng": rng}
     train, labels = windows([clip], count=60, strides=(1, 2, 4), split="train", reverse_odd=False, **common)
     test, _ = windows([clip], count=60, strides=(1, 2, 4), split="test", reverse_odd=False, **common)
+    val, _ = windows([clip], count=60, strides=(1, 2, 4), split="val", reverse_odd=False, **common)
     index = train[:, :, 0, 0, 0].long()
-    # span 13 -> blocks of 26 frames taking turns train, test, train, train: 0-25, 52-77, 78-99 vs 26-51.
-    assert split_starts(100, 13, "train") == [(0, 13), (52, 65), (78, 87)]
+    # span 13 -> blocks of 26 frames taking turns train, test, train, val: 0-25, 52-77 vs 26-51 vs 78-99.
+    assert split_starts(100, 13, "train") == [(0, 13), (52, 65)]
     assert split_starts(100, 13, "test") == [(26, 39)]
+    assert split_starts(100, 13, "val") == [(78, 87)]
     block = torch.bucketize(index, torch.tensor([26, 52, 78]), right=True)
     assert torch.equal(block.min(dim=1).values, block.max(dim=1).values), "a window crosses a block border"
-    assert set(block[:, 0].tolist()) == {0, 2, 3}
+    assert set(block[:, 0].tolist()) == {0, 2}
     assert test[:, :, 0, 0, 0].min() >= 26 and test[:, :, 0, 0, 0].max() <= 51
+    assert val[:, :, 0, 0, 0].min() >= 78
     assert torch.equal(index.diff(dim=1)[:, 0], torch.tensor([1, 2, 4])[labels])
     arrow, direction = windows([clip], count=10, strides=(2,), split="train", reverse_odd=True, **common)
     steps = arrow[:, :, 0, 0, 0].long().diff(dim=1)[:, 0]
@@ -199,7 +202,10 @@ def test_builtin_tasks_cut_the_users_own_footage(tmp_path: Path, caplog: pytest.
     for split in (task.train, task.test):
         rising = split.images.float().mean(dim=(2, 3, 4)).diff(dim=1).mean(dim=1) > 0
         assert torch.equal(rising, split.labels == 0)
-    speed = load_task(DatasetConfig(name="playback_speed", **options))
+    # 60-frame clips hold blocks train, test, train of a 13-frame window (4 frames 4 apart): no validation block.
+    with pytest.raises(DataError, match=r"^built-in video tasks: no clip has a val block of 13 frames"):
+        load_task(DatasetConfig(name="playback_speed", **options))
+    speed = load_task(DatasetConfig(name="playback_speed", **{**options, "frames": 2}))
     steps = speed.train.images.float().mean(dim=(2, 3, 4)).diff(dim=1).mean(dim=1)
     assert set(speed.train.labels.tolist()) == {0, 1, 2} and (steps[speed.train.labels == 2] > 8).all()
 
