@@ -42,6 +42,16 @@ class SideConfig:
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Reject configs that cannot work on this backbone (rank > width, block index out of range, ...)."""
 
+    def check_clips(self, frames: int) -> None:
+        """Reject a video config that reads more frames of a clip than the data's clips hold (``dataset.frames``),
+        so a search refuses it before it starts rather than failing the trials that draw it."""
+        wanted = getattr(self, "frames", None)
+        require(
+            wanted is None or wanted <= frames,
+            "frames",
+            f"{wanted} is more than the {frames} frames of each clip (dataset.frames)",
+        )
+
     def _unused(self, **values: Any) -> None:
         """Put knobs that do not shape this configuration (a conv kernel with no conv) at a fixed value (default:
         the field's default), so two settings that build and train the same network are one config: to the search's

@@ -184,7 +184,7 @@ def _preflight(space: Any, recipe: Any, budget: int | None) -> None:
                 f"{recipe.dataset.name!r} holds clips; search video families (side4video, losa_video) on it"
             )
     backbone = build_backbone(recipe)
-    space.check_backbone(backbone.spec)
+    space.check_backbone(backbone.spec, frames=recipe.dataset.frames if video else None)
     if budget is None:
         return
     if may_read_cache(space, recipe):

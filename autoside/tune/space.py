@@ -220,13 +220,14 @@ class SearchSpace:
             out["description"] = self.description
         return out
 
-    def check_backbone(self, spec: Any) -> None:
+    def check_backbone(self, spec: Any, frames: int | None = None) -> None:
         """Reject, before a search starts, knob ranges the backbone cannot take (e.g. a rank above its width, a
-        block index past its depth, a ViT-only family on a CNN): the corner configs of every family are checked
-        with the family's own ``check_backbone``."""
+        block index past its depth, a ViT-only family on a CNN) or, with ``frames`` (a video recipe's clip
+        length), more frames than a clip holds: the corner configs of every family are checked with the family's
+        own ``check_backbone`` and ``check_clips``."""
         problems: list[str] = []
         for fam in self.families:
-            _check_corners(fam, problems, spec=spec)
+            _check_corners(fam, problems, spec=spec, frames=frames)
         if problems:
             joined = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
             raise ConfigError(f"search space {self.name!r} on backbone {spec.name!r}: {joined}")
@@ -362,7 +363,7 @@ def _param(knob: str, spec: dict[str, Any], where: str, problems: list[str]) -> 
     )
 
 
-def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None) -> None:
+def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None, frames: int | None = None) -> None:
     """Build the family's config at the ends of every range (and each choice) so that a knob value the family
     itself rejects (its ``__post_init__``) fails now, not in the middle of a search."""
     config_class = get_family(fam.family).config_class
@@ -374,6 +375,8 @@ def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None) -> N
             config = config_class.from_dict(kwargs, field=f"families.{fam.family}")
             if spec is not None:
                 config.check_backbone(spec)
+            if frames is not None:
+                config.check_clips(frames)
         except ConfigError as exc:
             message = str(exc)
             if not message.startswith(f"families.{fam.family}"):

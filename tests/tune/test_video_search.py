@@ -40,6 +40,30 @@ def test_image_families_are_refused_on_clips_before_start() -> None:
         autoside.search(space, RECIPE, num_samples=1)
 
 
+def test_frames_choices_longer_than_the_clips_are_refused_before_start(capsys: pytest.CaptureFixture) -> None:
+    """video.yaml reads 4 or 8 frames of each clip: on 4-frame clips the 8 is refused by name, not left to fail the
+    trials that draw it."""
+    import autoside
+
+    recipe = {**RECIPE, "dataset": {**RECIPE["dataset"], "frames": 4}}
+    message = r"families.side4video: sidenet.frames: 8 is more than the 4 frames of each clip \(dataset.frames\)"
+    with pytest.raises(ConfigError, match=message):
+        autoside.search(str(SPACE), recipe, num_samples=1)
+    from autoside.backbones import create_backbone
+    from autoside.tune.space import load_space, space_from_dict
+
+    spec = create_backbone("vit12_fmnist", weights="random").spec
+    load_space(SPACE).check_backbone(spec, frames=8)
+    with pytest.raises(ConfigError, match=r"losa_video: sidenet.frames: 8 is more than the 4 frames"):
+        space_from_dict({"families": {"losa_video": {"frames": 8}}}).check_backbone(spec, frames=4)
+    short = {"type": "categorical", "choices": [2, 4]}
+    space_from_dict({"families": {"side4video": {"frames": short}, "losa_video": {"frames": 4}}}).check_backbone(
+        spec, frames=4
+    )
+    assert main(["search", str(SPACE), "trials/arrow_of_time_vit.yaml", "--set", "dataset.frames=4"]) == 2
+    assert "sidenet.frames: 8 is more than the 4 frames" in capsys.readouterr().err
+
+
 def test_memory_prediction_on_clips() -> None:
     """The pre-training prediction (dry steps at two batch sizes) holds for clips as it does for images."""
     import torch
