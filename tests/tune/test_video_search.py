@@ -56,6 +56,13 @@ def test_frames_choices_longer_than_the_clips_are_refused_before_start(capsys: p
     load_space(SPACE).check_backbone(spec, frames=8)
     with pytest.raises(ConfigError, match=r"losa_video: sidenet.frames: 8 is more than the 4 frames"):
         space_from_dict({"families": {"losa_video": {"frames": 8}}}).check_backbone(spec, frames=4)
+    # frames listed first, before 5184 combinations of the other knobs: its last choice is still built and refused.
+    wide = {
+        "frames": {"type": "categorical", "choices": [4, 8]},
+        **load_space(SPACE).to_dict()["families"]["side4video"],
+    }
+    with pytest.raises(ConfigError, match=r"side4video: sidenet.frames: 8 is more than the 4 frames"):
+        space_from_dict({"families": {"side4video": wide}}).check_backbone(spec, frames=4)
     short = {"type": "categorical", "choices": [2, 4]}
     space_from_dict({"families": {"side4video": {"frames": short}, "losa_video": {"frames": 4}}}).check_backbone(
         spec, frames=4
