@@ -233,7 +233,8 @@ class SearchSpace:
             raise ConfigError(f"search space {self.name!r} on backbone {spec.name!r}: {joined}")
 
     def size(self) -> int | None:
-        """Distinct configurations in the space (``None``: infinite, some float is continuous)."""
+        """Knob settings in the space, at least its distinct configurations (``None``: infinite, some float is
+        continuous); see :meth:`FamilySpace.size`."""
         sizes = [fam.size() for fam in self.families]
         return None if None in sizes else sum(sizes)
 
