@@ -26,10 +26,10 @@ appearances at the top of the front. A clip too short for a validation block giv
 none stops with the fix named. The blocks interleave rather than splitting each clip once, because footage is not
 stationary: a camera that pans left early in a clip and right later would otherwise teach a direction cue on the
 training range that reverses on the test range, and the test would measure that clip's story, not whether a model
-reads temporal order. Every class draws its start
-from the same blocks (those the slowest speed fits), so where a window sits in a clip says nothing about its label.
-A window whose frames barely change (mean absolute frame difference under ``MIN_MOTION`` grey levels) carries no
-label at all (a still scene plays the same both ways), so it is drawn again, a bounded number of times.
+reads temporal order. Every class draws its start from the same blocks (those the slowest speed fits), so where a
+window sits in a clip says nothing about its label. A window whose frames barely change (mean absolute frame
+difference under ``MIN_MOTION`` grey levels) carries no label at all (a still scene plays the same both ways), so it
+is drawn again, a bounded number of times.
 """
 
 from __future__ import annotations

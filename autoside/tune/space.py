@@ -370,10 +370,10 @@ def _check_corners(fam: FamilySpace, problems: list[str], spec: Any = None, fram
     config_class = get_family(fam.family).config_class
     values = [p.corners() for p in fam.params]
     first = tuple(v[0] for v in values)
-    # Every corner of every knob at least once (the product alone, cut at 256, would never reach the last choices
-    # of the first knobs of a large family), then the first combinations of all of them.
+    # The first combinations of all knobs, then every other corner of each knob (the product alone, cut at 256,
+    # would never reach the last choices of the first knobs of a large family).
     each = (first[:i] + (c,) + first[i + 1 :] for i, v in enumerate(values) for c in v[1:])
-    combos = itertools.chain([first], each, itertools.islice(itertools.product(*values), 256))
+    combos = itertools.chain(itertools.islice(itertools.product(*values), 256), each)
     for combo in combos:
         kwargs = fam.kwargs({p.name: v for p, v in zip(fam.params, combo)})
         try:
